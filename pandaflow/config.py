@@ -1,0 +1,50 @@
+"""Where pandaflow keeps its state on this machine, and how clients find a server."""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+from pathlib import Path
+
+
+def home() -> Path:
+    """``$PANDAFLOW_HOME`` or ``~/.pandaflow``: default database, token and server address."""
+    return Path(os.environ.get("PANDAFLOW_HOME") or Path.home() / ".pandaflow")
+
+
+def default_db_url() -> str:
+    return f"sqlite:///{home() / 'pandaflow.db'}"
+
+
+def new_token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write a file only its owner can read (tokens)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as fh:
+        fh.write(text)
+
+
+def load_token(token: str | None = None, token_file: str | os.PathLike | None = None) -> str | None:
+    """A token given directly, else ``$PANDAFLOW_TOKEN``, else the file, else ``home()/token``."""
+    if token:
+        return token
+    if os.environ.get("PANDAFLOW_TOKEN"):
+        return os.environ["PANDAFLOW_TOKEN"]
+    path = Path(token_file) if token_file else home() / "token"
+    try:
+        return path.read_text().strip() or None
+    except OSError:
+        return None
+
+
+def server_info() -> dict | None:
+    """The address the last server started on this machine wrote in ``home()/server.json``."""
+    try:
+        return json.loads((home() / "server.json").read_text())
+    except (OSError, ValueError):
+        return None

@@ -1,0 +1,5 @@
+"""parsl executors backed by pandaflow."""
+
+from pandaflow.executors.panda import PandaExecutor, SubmissionRefused, TaskFailed
+
+__all__ = ["PandaExecutor", "SubmissionRefused", "TaskFailed"]

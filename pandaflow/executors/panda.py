@@ -1,0 +1,506 @@
+"""PandaExecutor: a parsl executor whose every task goes through a pandaflow job server.
+
+``PandaExecutor(label="panda")`` with nothing else starts an embedded server (SQLite under
+parsl's run_dir) and local pilots, and stops them on shutdown. With ``server_url=`` and
+``token=`` it attaches to a running server whose pilots come from elsewhere; ``provider=``
+launches pilots through any parsl ``ExecutionProvider``.
+
+Tasks are serialized with parsl's own ``pack_apply_message`` and run by pilots with parsl's
+``execute_task``, so whatever parsl can run, this runs. Submissions travel in batches over
+ZeroMQ; the server acknowledges a batch only once it is committed, and results are kept in
+the database until delivered, so a server restart loses nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import deque
+from concurrent.futures import Future
+from typing import Any
+
+import zmq
+from parsl.app.errors import RemoteExceptionWrapper
+from parsl.executors.base import ParslExecutor
+from parsl.executors.errors import InvalidResourceSpecification
+from parsl.serialize import deserialize, pack_apply_message
+from parsl.utils import RepresentationMixin
+
+from pandaflow import config as pf_config
+from pandaflow import protocol
+
+log = logging.getLogger(__name__)
+
+RESOURCE_KEYS = ("cores", "memory", "disk", "running_time_min", "priority", "queue", "max_attempts")
+_PING_EVERY = 2.0
+_RESEND_AFTER = 10.0
+_SYNC_EVERY = 10.0
+
+
+class TaskFailed(Exception):
+    """A task failed on the pandaflow side (killed for memory or time, lost pilot, ...)."""
+
+    def __init__(self, uid: str, status: str, error_code: int, diag: str):
+        super().__init__(f"pandaflow job {uid} {status} (error {error_code}): {diag}")
+        self.uid, self.status, self.error_code, self.diag = uid, status, error_code, diag
+
+
+class SubmissionRefused(TaskFailed):
+    """The server refused the task at submission (e.g. no queue can hold it)."""
+
+
+def _free_port(host: str = "127.0.0.1") -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def _check_spec(spec: dict[str, Any]) -> dict[str, Any]:
+    """Translate a parsl resource_specification into job fields (raises on unknown keys)."""
+    if not spec:
+        return {}
+    unknown = set(spec) - set(RESOURCE_KEYS)
+    if unknown:
+        raise InvalidResourceSpecification(
+            unknown,
+            f"PandaExecutor accepts only these resource_specification keys: {', '.join(RESOURCE_KEYS)}",
+        )
+    job: dict[str, Any] = {}
+    for key, field_name in (
+        ("cores", "cores"),
+        ("memory", "memory_mb"),
+        ("disk", "disk_mb"),
+        ("priority", "priority"),
+        ("max_attempts", "max_attempts"),
+    ):
+        if key in spec:
+            value = spec[key]
+            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+                raise InvalidResourceSpecification(
+                    {key}, f"{key} must be a non-negative integer, got {value!r}"
+                )
+            job[field_name] = value
+    if "running_time_min" in spec:
+        value = spec["running_time_min"]
+        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+            raise InvalidResourceSpecification(
+                {"running_time_min"}, f"running_time_min must be positive, got {value!r}"
+            )
+        job["walltime_s"] = float(value) * 60.0
+    if "queue" in spec:
+        if not isinstance(spec["queue"], str):
+            raise InvalidResourceSpecification(
+                {"queue"}, f"queue must be a queue name, got {spec['queue']!r}"
+            )
+        job["queue"] = spec["queue"]
+    return job
+
+
+class PandaExecutor(ParslExecutor, RepresentationMixin):
+    """Run parsl apps as durable pandaflow jobs.
+
+    Parameters
+    ----------
+    label: the executor's label in the parsl config.
+    server_url: REST URL of a running server; ``None`` starts an embedded one.
+    token: the server's token (attach mode; default from ``$PANDAFLOW_TOKEN`` / ``~/.pandaflow/token``).
+    provider: a parsl ``ExecutionProvider`` that launches pilots (``init_blocks`` of them) instead of
+        local pilot processes.
+    workers: worker slots of the local pilot (embedded mode; default: CPU count).
+    pilots: how many local pilots to start (embedded mode).
+    queue: queue the pilots serve, and the tasks' default queue.
+    workflow: name of the workflow the tasks are recorded under (default: ``parsl <run_id>``).
+    max_attempts: attempts a task gets when infrastructure fails it (lost pilot, killed worker).
+    db_url: database of the embedded server (default: SQLite under the run directory).
+    heartbeat_interval: seconds between pilot heartbeats (embedded server).
+    batch_size: most tasks per submission message.
+    """
+
+    def __init__(
+        self,
+        label: str = "panda",
+        server_url: str | None = None,
+        token: str | None = None,
+        provider: Any = None,
+        workers: int | None = None,
+        pilots: int = 1,
+        queue: str | None = None,
+        workflow: str | None = None,
+        max_attempts: int = 3,
+        db_url: str | None = None,
+        heartbeat_interval: float = 2.0,
+        batch_size: int = 1000,
+        storage_access: list[Any] | None = None,
+        working_dir: str | None = None,
+    ):
+        super().__init__()
+        self.label = label
+        self.server_url = server_url
+        self.token = token
+        self.provider = provider
+        self.workers = workers or os.cpu_count() or 1
+        self.pilots = pilots
+        self.queue = queue
+        self.workflow = workflow
+        self.max_attempts = max_attempts
+        self.db_url = db_url
+        self.heartbeat_interval = heartbeat_interval
+        self.batch_size = batch_size
+        self.storage_access = storage_access
+        self.working_dir = working_dir
+        self.client_id = uuid.uuid4().hex
+        self._counter = 0
+        self._lock = threading.Lock()
+        self._futures: dict[str, Future] = {}
+        self._outgoing: deque[dict[str, Any]] = deque()
+        self._unacked: dict[int, tuple[float, list[dict[str, Any]]]] = {}
+        self._batch_seq = 0
+        self._epoch: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._procs: dict[str, subprocess.Popen] = {}
+        self._blocks: list[Any] = []
+        self.zmq_endpoint: str | None = None
+        self._started = False
+
+    # ---------------------------------------------------------------- lifecycle
+    def start(self) -> None:
+        self._home = os.path.join(self.run_dir, self.label)
+        os.makedirs(self._home, exist_ok=True)
+        if self.server_url is None:
+            self._start_embedded()
+        else:
+            self.token = pf_config.load_token(self.token)
+            if not self.token:
+                raise ValueError("PandaExecutor(server_url=...) needs token= (or $PANDAFLOW_TOKEN)")
+            from pandaflow.pilot.agent import discover
+
+            self.zmq_endpoint = discover(self.server_url, self.token)
+        self.workflow = self.workflow or f"parsl {self.run_id or self.client_id[:8]}"
+        self._ctx = zmq.Context.instance()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_r, False)
+        self._wake_pending = False
+        self._thread = threading.Thread(target=self._io_loop, name=f"pandaflow-{self.label}", daemon=True)
+        self._thread.start()
+        if self.provider is not None:
+            self._start_provider_pilots()
+        elif self.server_url is None:
+            for i in range(self.pilots):
+                self._start_local_pilot(f"pilot{i}")
+        self._started = True
+
+    def _start_embedded(self) -> None:
+        self.token = pf_config.new_token()
+        port, zport = _free_port(), _free_port()
+        self.server_url = f"http://127.0.0.1:{port}"
+        self.zmq_endpoint = f"tcp://127.0.0.1:{zport}"
+        db = self.db_url or pf_config_sqlite(os.path.join(self._home, "pandaflow.db"))
+        self.db_url = db
+        self._server_cmd = [
+            sys.executable,
+            "-m",
+            "pandaflow.server",
+            "--db",
+            db,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--zmq-port",
+            str(zport),
+            "--heartbeat-interval",
+            str(self.heartbeat_interval),
+            "--info-file",
+            os.path.join(self._home, "server.json"),
+        ]
+        if self.queue and self.queue != "local":
+            raise ValueError(
+                "the embedded server has one queue, 'local'; give server_url= to use other queues"
+            )
+        self._spawn("server", self._server_cmd)
+
+    def _spawn(self, name: str, cmd: list[str]) -> None:
+        env = dict(os.environ, PANDAFLOW_TOKEN=self.token or "")
+        logf = open(os.path.join(self._home, f"{name}.log"), "ab")
+        self._procs[name] = subprocess.Popen(
+            cmd,
+            env=env,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        logf.close()
+        self._cmds = getattr(self, "_cmds", {})
+        self._cmds[name] = cmd
+
+    def _pilot_cmd(self, name: str | None = None) -> list[str]:
+        cmd = [
+            sys.executable,
+            "-m",
+            "pandaflow.pilot",
+            "--zmq",
+            self.zmq_endpoint or "",
+            "--queue",
+            self.queue or "local",
+            "--cores",
+            str(self.workers),
+        ]
+        if name:
+            cmd += ["--name", f"{self.client_id[:8]}-{name}-{uuid.uuid4().hex[:6]}"]
+        return cmd
+
+    def _start_local_pilot(self, name: str) -> None:
+        self._spawn(name, self._pilot_cmd(name))
+
+    def _start_provider_pilots(self) -> None:
+        token_file = os.path.join(self._home, "token")
+        pf_config.write_private(__import__("pathlib").Path(token_file), self.token or "")
+        cmd = " ".join(self._pilot_cmd()) + f" --token-file {token_file}"
+        if self.server_url and self.provider.__class__.__name__ != "LocalProvider":
+            cmd += f" --server {self.server_url}"
+        self.provider.script_dir = self._home
+        for _ in range(max(1, getattr(self.provider, "init_blocks", 1))):
+            self._blocks.append(self.provider.submit(cmd, 1, f"pandaflow-pilot-{self.label}"))
+
+    def shutdown(self) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._wake()
+            self._thread.join(10)
+        for name, proc in list(self._procs.items()):
+            if name != "server" and proc.poll() is None:
+                proc.terminate()
+        for name, proc in list(self._procs.items()):
+            if name != "server":
+                self._wait(proc)
+        if self._blocks:
+            try:
+                self.provider.cancel(self._blocks)
+            except Exception:
+                log.exception("cancelling pilot blocks failed")
+        server = self._procs.get("server")
+        if server is not None and server.poll() is None:
+            server.terminate()
+            self._wait(server)
+        for fut in list(self._futures.values()):
+            if not fut.done():
+                fut.set_exception(TaskFailed("?", "lost", 0, "executor shut down before the task finished"))
+        super().shutdown()
+
+    @staticmethod
+    def _wait(proc: subprocess.Popen, timeout: float = 10.0) -> None:
+        try:
+            proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+
+    # ---------------------------------------------------------------- submission
+    def submit(self, func: Any, resource_specification: dict[str, Any], *args: Any, **kwargs: Any) -> Future:
+        job = _check_spec(resource_specification)
+        buffer = pack_apply_message(func, args, kwargs, buffer_threshold=1 << 20)
+        with self._lock:
+            self._counter += 1
+            task_id = self._counter
+        uid = f"{self.client_id}-{task_id}"
+        job.update(
+            uid=uid,
+            kind="python",
+            buffer=buffer,
+            task=getattr(func, "__name__", "task"),
+            name=f"{getattr(func, '__name__', 'task')}-{task_id}",
+        )
+        job.setdefault("max_attempts", self.max_attempts)
+        if self.queue and "queue" not in job:
+            job["queue"] = self.queue
+        fut: Future = Future()
+        fut.parsl_executor_task_id = task_id  # type: ignore[attr-defined]
+        self._futures[uid] = fut
+        self._outgoing.append(job)
+        self._wake()
+        return fut
+
+    def _wake(self) -> None:
+        if not self._wake_pending:
+            self._wake_pending = True
+            try:
+                os.write(self._wake_w, b"x")
+            except OSError:
+                pass
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._futures)
+
+    # ---------------------------------------------------------------- I/O thread
+    def _io_loop(self) -> None:
+        sock = self._ctx.socket(zmq.DEALER)
+        sock.setsockopt(zmq.ROUTING_ID, self.client_id.encode())
+        sock.setsockopt(zmq.LINGER, 0)
+        sock.setsockopt(zmq.SNDHWM, 0)
+        sock.setsockopt(zmq.RCVHWM, 0)
+        sock.setsockopt(zmq.RECONNECT_IVL, 20)
+        sock.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        sock.connect(self.zmq_endpoint)
+        self._sock = sock
+        poller = zmq.Poller()
+        poller.register(sock, zmq.POLLIN)
+        poller.register(self._wake_r, zmq.POLLIN)
+        next_ping = 0.0
+        next_sync = time.time() + _SYNC_EVERY
+        try:
+            while not self._stop.is_set():
+                events = dict(poller.poll(500))
+                if self._wake_r in events:
+                    try:
+                        os.read(self._wake_r, 4096)
+                    except BlockingIOError:
+                        pass
+                self._wake_pending = False
+                self._flush()
+                if sock in events:
+                    self._receive()
+                now = time.time()
+                if now >= next_ping:
+                    self._send({"op": "ping"})
+                    self._supervise()
+                    next_ping = now + _PING_EVERY
+                if now >= next_sync:
+                    self._resend(now - _RESEND_AFTER)
+                    self._sync()
+                    next_sync = now + _SYNC_EVERY
+        except Exception:
+            log.exception("PandaExecutor I/O thread failed")
+            raise
+        finally:
+            sock.close(0)
+
+    def _send(self, message: dict[str, Any]) -> None:
+        message["tok"] = self.token
+        message["client"] = self.client_id
+        self._sock.send(protocol.encode(message))
+
+    def _flush(self) -> None:
+        while self._outgoing:
+            jobs = []
+            while self._outgoing and len(jobs) < self.batch_size:
+                jobs.append(self._outgoing.popleft())
+            self._batch_seq += 1
+            self._unacked[self._batch_seq] = (time.time(), jobs)
+            self._send(
+                {
+                    "op": "submit",
+                    "batch": self._batch_seq,
+                    "workflow": self.workflow,
+                    "owner": os.environ.get("USER", ""),
+                    "jobs": jobs,
+                }
+            )
+
+    def _resend(self, before: float) -> None:
+        for seq, (sent, jobs) in list(self._unacked.items()):
+            if sent <= before:
+                self._unacked[seq] = (time.time(), jobs)
+                self._send(
+                    {
+                        "op": "submit",
+                        "batch": seq,
+                        "workflow": self.workflow,
+                        "owner": os.environ.get("USER", ""),
+                        "jobs": jobs,
+                    }
+                )
+
+    def _sync(self) -> None:
+        pending_uids = {j["uid"] for _, jobs in self._unacked.values() for j in jobs}
+        uids = [u for u in list(self._futures) if u not in pending_uids]
+        for i in range(0, len(uids), 5000):
+            self._send({"op": "sync", "uids": uids[i : i + 5000]})
+
+    def _receive(self) -> None:
+        while True:
+            try:
+                message = protocol.decode(self._sock.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                return
+            except ValueError:
+                continue
+            op = message.get("op")
+            if op == "results":
+                self._resolve(message.get("results") or ())
+            elif op == "submitted":
+                entry = self._unacked.pop(message.get("batch"), None)
+                if entry is None:
+                    continue
+                if message.get("error"):
+                    for job in entry[1]:
+                        self._fail(job["uid"], SubmissionRefused(job["uid"], "refused", 0, message["error"]))
+                for uid, why in (message.get("rejected") or {}).items():
+                    self._fail(uid, SubmissionRefused(uid, "refused", 0, why))
+            elif op in ("pong", "synced"):
+                epoch = message.get("epoch")
+                if self._epoch is not None and epoch != self._epoch:
+                    log.warning("pandaflow server restarted: re-sending unacknowledged work and re-syncing")
+                    self._epoch = epoch
+                    self._resend(float("inf"))
+                    self._sync()
+                self._epoch = epoch
+            elif op == "error":
+                log.error("pandaflow server: %s", message.get("message"))
+
+    def _fail(self, uid: str, exc: BaseException) -> None:
+        fut = self._futures.pop(uid, None)
+        if fut is not None and not fut.done():
+            fut.set_exception(exc)
+
+    def _resolve(self, results: Any) -> None:
+        for r in results:
+            fut = self._futures.pop(r["uid"], None)
+            if fut is None or fut.done():
+                continue
+            try:
+                if r["status"] == "finished":
+                    fut.set_result(deserialize(r["result"]))
+                elif r.get("result") is not None and r.get("exc"):
+                    wrapped = deserialize(r["result"])
+                    if isinstance(wrapped, RemoteExceptionWrapper):
+                        try:
+                            wrapped.reraise()
+                        except BaseException as e:  # the app's own exception, re-raised with its traceback
+                            fut.set_exception(e)
+                    else:
+                        fut.set_exception(
+                            wrapped
+                            if isinstance(wrapped, BaseException)
+                            else TaskFailed(r["uid"], r["status"], r["error_code"], repr(wrapped))
+                        )
+                else:
+                    fut.set_exception(
+                        TaskFailed(r["uid"], r["status"], r["error_code"], r.get("error_diag") or "")
+                    )
+            except Exception as e:
+                if not fut.done():
+                    fut.set_exception(e)
+
+    def _supervise(self) -> None:
+        """Restart embedded processes that died while the executor runs (nothing is lost:
+        the database holds every task and the watchdog retries a dead pilot's jobs)."""
+        for name, proc in list(self._procs.items()):
+            if proc.poll() is not None and not self._stop.is_set():
+                log.warning("embedded %s exited with %s; restarting it", name, proc.returncode)
+                cmd = self._cmds[name]
+                if name != "server":
+                    cmd = self._pilot_cmd(name)
+                self._spawn(name, cmd)
+
+
+def pf_config_sqlite(path: str) -> str:
+    return f"sqlite:///{os.path.abspath(path)}"

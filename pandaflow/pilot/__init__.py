@@ -1,0 +1,1 @@
+"""The pilot: an agent that runs jobs from the server on a worker node."""

@@ -1,0 +1,354 @@
+"""The pilot agent: registers with the server, pulls jobs to fill its slots, runs them through
+a :class:`~pandaflow.pilot.runner.PayloadRunner`, reports outcomes until acknowledged, and
+heartbeats. SIGTERM makes it take no new work, report what it holds, and exit."""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import time
+import uuid
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
+
+import zmq
+
+from pandaflow import __version__, protocol
+from pandaflow.pilot.envcheck import check_environment
+from pandaflow.pilot.errorcodes import ErrorCode
+from pandaflow.pilot.runner import Outcome, Payload, PayloadRunner
+
+log = logging.getLogger(__name__)
+
+_RESEND_AFTER = 5.0  # seconds an unacknowledged result waits before it is sent again
+
+
+class PilotError(RuntimeError):
+    """The pilot cannot start or was refused by the server."""
+
+
+@dataclass
+class PilotConfig:
+    """Settings of one pilot (``pandaflow pilot --help`` documents each)."""
+
+    zmq_endpoint: str
+    token: str
+    queue: str = "local"
+    cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+    memory_mb: int | None = None
+    workdir: str = "."
+    name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    idle_timeout: float = 0.0  # exit after this long with nothing to do (0: never)
+    heartbeat_interval: float = 5.0  # replaced by the server's value at registration
+    prefetch: int | None = None  # jobs held beyond free slots (default: one per slot)
+    sample_interval: float = 1.0
+    min_free_disk_mb: int = 100
+
+    def __post_init__(self) -> None:
+        if self.cores < 1:
+            raise PilotError(f"--cores must be at least 1, got {self.cores}")
+        if self.memory_mb is not None and self.memory_mb <= 0:
+            raise PilotError(f"--memory must be positive, got {self.memory_mb}")
+        if self.prefetch is None:
+            self.prefetch = self.cores
+
+
+def _wire(outcome: Outcome) -> dict[str, Any]:
+    return {
+        "id": outcome.job_id,
+        "attempt": outcome.attempt,
+        "ok": outcome.ok,
+        "error_code": int(outcome.error_code),
+        "error_diag": outcome.error_diag,
+        "exit_code": outcome.exit_code,
+        "result": outcome.result,
+        "exc": outcome.result_is_exception,
+        "tail": outcome.stdout_tail,
+        "log": outcome.log or None,
+        "rss": round(outcome.max_rss_mb, 1),
+        "pss": round(outcome.max_pss_mb, 1),
+        "t0": outcome.started_at,
+        "t1": outcome.ended_at,
+        "samples": [[round(t, 2), round(r, 1), round(p, 1)] for t, r, p in outcome.memory_samples] or None,
+    }
+
+
+class Pilot:
+    """One pilot process's agent loop."""
+
+    def __init__(self, cfg: PilotConfig):
+        self.cfg = cfg
+        self.runner = PayloadRunner(cfg.cores, cfg.workdir, sample_interval=cfg.sample_interval)
+        self.queued: deque[Payload] = deque()
+        self.unacked: dict[tuple[int, int], tuple[float, dict[str, Any]]] = {}
+        self.epoch: str | None = None
+        self.registered = False
+        self.draining = False
+        self.stopping = False
+        self.last_activity = time.time()
+        self.done = 0
+        self._ctx = zmq.Context.instance()
+        self.sock = self._ctx.socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.ROUTING_ID, cfg.name.encode())
+        self.sock.setsockopt(zmq.LINGER, 2000)
+        self.sock.setsockopt(zmq.SNDHWM, 0)
+        self.sock.setsockopt(zmq.RCVHWM, 0)
+        self.sock.setsockopt(zmq.RECONNECT_IVL, 50)
+        self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
+
+    # ---------------------------------------------------------------- messaging
+    def send(self, message: dict[str, Any]) -> None:
+        message["tok"] = self.cfg.token
+        self.sock.send(protocol.encode(message))
+
+    def want(self) -> dict[str, Any]:
+        if self.draining:
+            return {"n": 0}
+        held = len(self.queued) + len(self.runner.running())
+        return {
+            "n": max(0, self.cfg.cores + (self.cfg.prefetch or 0) - held),
+            "cores": self.cfg.cores,
+            "memory_mb": self.cfg.memory_mb,
+        }
+
+    def register(self) -> None:
+        self.send(
+            {
+                "op": "register",
+                "queue": self.cfg.queue,
+                "host": socket.gethostname(),
+                "pid": os.getpid(),
+                "cores": self.cfg.cores,
+                "memory_mb": self.cfg.memory_mb,
+                "workdir": os.path.abspath(self.cfg.workdir),
+                "version": __version__,
+            }
+        )
+
+    def heartbeat(self) -> None:
+        running = self.runner.running()
+        known = [p.job_id for p in self.queued] + list(running) + [k[0] for k in self.unacked]
+        self.send(
+            {
+                "op": "heartbeat",
+                "known": known,
+                "running": {str(j): info["started_at"] for j, info in running.items()},
+                "want": self.want(),
+            }
+        )
+
+    # ---------------------------------------------------------------- loop
+    def run(self) -> int:
+        """Run until idle timeout, SIGTERM or a fatal server refusal; returns the exit code."""
+        problems = check_environment(self.cfg.workdir, self.cfg.min_free_disk_mb)
+        if problems:
+            log.error(
+                "environment check failed (error %d): %s", ErrorCode.ENV_CHECK_FAILED, "; ".join(problems)
+            )
+            return int(ErrorCode.ENV_CHECK_FAILED) % 256 or 1
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+        self.runner.start()
+        self.sock.connect(self.cfg.zmq_endpoint)
+        self.register()
+        poller = zmq.Poller()
+        poller.register(self.sock, zmq.POLLIN)
+        wake = self.runner.fileno_for_wakeup()
+        if wake is not None:
+            poller.register(wake, zmq.POLLIN)
+        next_beat = time.time() + self.cfg.heartbeat_interval
+        next_register = time.time() + 2.0
+        code = 0
+        try:
+            while True:
+                timeout = max(
+                    0.0, min(next_beat, next_register if not self.registered else next_beat) - time.time()
+                )
+                events = dict(poller.poll(int(timeout * 1000) + 1))
+                if self.sock in events:
+                    code = self._receive()
+                    if code:
+                        break
+                self._start_queued()
+                self._report(self.runner.wait(0))
+                now = time.time()
+                if not self.registered and now >= next_register:
+                    self.register()
+                    next_register = now + 2.0
+                if self.registered and now >= next_beat:
+                    self.heartbeat()
+                    self._resend(now)
+                    next_beat = now + self.cfg.heartbeat_interval
+                if self.stopping:
+                    self._drain()
+                    break
+                if self._idle_expired(now):
+                    log.info("idle for %.0f s: exiting", self.cfg.idle_timeout)
+                    break
+        finally:
+            self._shutdown()
+        return code
+
+    def _receive(self) -> int:
+        while True:
+            try:
+                message = protocol.decode(self.sock.recv(zmq.NOBLOCK))
+            except zmq.Again:
+                return 0
+            except ValueError:
+                continue
+            op = message.get("op")
+            if op == "jobs":
+                for job in message["jobs"]:
+                    self.queued.append(
+                        Payload(
+                            job_id=job["id"],
+                            attempt=job["attempt"],
+                            kind=job["kind"],
+                            buffer=job.get("buffer"),
+                            command=job.get("command"),
+                            env=job.get("env"),
+                            cores=job.get("cores") or 1,
+                            memory_mb=job.get("memory_mb"),
+                            walltime_s=job.get("walltime_s"),
+                        )
+                    )
+                self.last_activity = time.time()
+            elif op == "acked":
+                for job_id, attempt in message.get("ids", ()):
+                    self.unacked.pop((job_id, attempt), None)
+            elif op == "kill":
+                for job_id in message.get("ids", ()):
+                    self._kill(job_id)
+            elif op == "hb":
+                for job_id in message.get("kill", ()):
+                    self._kill(job_id)
+                if message.get("epoch") != self.epoch:
+                    # The server restarted: re-send what it may not have and ask for work again.
+                    self.epoch = message.get("epoch")
+                    self._resend(float("inf"))
+                    self.send({"op": "request", "want": self.want()})
+            elif op == "registered":
+                self.registered = True
+                self.epoch = message.get("epoch")
+                self.cfg.heartbeat_interval = float(
+                    message.get("heartbeat_interval") or self.cfg.heartbeat_interval
+                )
+                log.info("registered as pilot %s on queue %s", message.get("pilot_id"), self.cfg.queue)
+                self._resend(float("inf"))
+                self.send({"op": "request", "want": self.want()})
+            elif op == "reregister":
+                self.registered = False
+                self.register()
+            elif op == "error":
+                log.error("server: %s", message.get("message"))
+                if message.get("fatal") or "authentication" in str(message.get("message")):
+                    return 3
+
+    def _kill(self, job_id: int) -> None:
+        for payload in list(self.queued):
+            if payload.job_id == job_id:
+                self.queued.remove(payload)
+        self.runner.kill(job_id, ErrorCode.KILLED_ON_REQUEST, "killed on request of the server")
+
+    def _start_queued(self) -> None:
+        while self.queued and not self.draining:
+            head = self.queued[0]
+            if head.cores > self.runner.free_slots():
+                return
+            self.queued.popleft()
+            self.runner.submit(head)
+
+    def _report(self, outcomes: list[Outcome]) -> None:
+        if not outcomes:
+            return
+        now = time.time()
+        wire = [_wire(o) for o in outcomes]
+        for w in wire:
+            self.unacked[(w["id"], w["attempt"])] = (now, w)
+        self.done += len(outcomes)
+        self.last_activity = now
+        self._start_queued()
+        self.send({"op": "results", "outcomes": wire, "want": self.want()})
+
+    def _resend(self, now: float) -> None:
+        stale = [w for (t, w) in self.unacked.values() if now - t >= _RESEND_AFTER]
+        for i in range(0, len(stale), 500):
+            self.send({"op": "results", "outcomes": stale[i : i + 500], "want": self.want()})
+        t = time.time()
+        for w in stale:
+            self.unacked[(w["id"], w["attempt"])] = (t, w)
+
+    def _idle_expired(self, now: float) -> bool:
+        if not self.cfg.idle_timeout or self.queued or self.runner.running() or self.unacked:
+            return False
+        return now - self.last_activity > self.cfg.idle_timeout
+
+    def _on_term(self, *_: Any) -> None:
+        self.draining = True
+        self.stopping = True
+
+    def _drain(self) -> None:
+        """Report everything held as terminated, wait briefly for acks, then leave."""
+        log.info(
+            "terminating: reporting %d running and %d queued jobs",
+            len(self.runner.running()),
+            len(self.queued),
+        )
+        self.send({"op": "request", "want": {"n": 0}})
+        outcomes = self.runner.stop()
+        now = time.time()
+        for payload in self.queued:
+            outcomes.append(
+                Outcome(
+                    job_id=payload.job_id,
+                    attempt=payload.attempt,
+                    ok=False,
+                    error_code=int(ErrorCode.PILOT_TERMINATED),
+                    error_diag="pilot terminated before the job started",
+                    started_at=now,
+                    ended_at=now,
+                )
+            )
+        self.queued.clear()
+        self._report(outcomes)
+        deadline = time.time() + 5.0
+        while self.unacked and time.time() < deadline:
+            if self.sock.poll(200, zmq.POLLIN):
+                self._receive()
+
+    def _shutdown(self) -> None:
+        try:
+            self.send({"op": "bye"})
+        except zmq.ZMQError:
+            pass
+        self.runner.stop()
+        self.sock.close(linger=1000)
+
+
+def discover(server_url: str, token: str, timeout: float = 30.0) -> str:
+    """Ask a server's REST API for its ZeroMQ endpoint, retrying until ``timeout``."""
+    import requests
+
+    deadline = time.time() + timeout
+    last = ""
+    while time.time() < deadline:
+        try:
+            reply = requests.get(
+                f"{server_url.rstrip('/')}/api/v1/info",
+                headers={"Authorization": f"Bearer {token}"},
+                timeout=5,
+            )
+            if reply.status_code == 401:
+                raise PilotError(f"server {server_url} refused the token (401)")
+            reply.raise_for_status()
+            return reply.json()["zmq"]
+        except PilotError:
+            raise
+        except Exception as exc:  # connection refused while the server starts
+            last = str(exc)
+            time.sleep(0.5)
+    raise PilotError(f"cannot reach server {server_url} within {timeout:g} s: {last}")

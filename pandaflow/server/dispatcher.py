@@ -1,0 +1,410 @@
+"""The ZeroMQ dispatcher: the hot path between executors, pilots and the database.
+
+One thread owns a ROUTER socket. Each turn of its loop drains every message waiting, applies
+them all in one database transaction (submissions first, then results, heartbeats and job
+requests), commits, and only then replies: an acknowledged submission or result is durable.
+Pilot job requests that cannot be filled stay standing and are served as soon as work
+arrives, which keeps dispatch latency at one loop turn.
+"""
+
+from __future__ import annotations
+
+import hmac
+import logging
+import threading
+import time
+import uuid
+from collections import defaultdict
+from dataclasses import dataclass
+from typing import Any
+
+import zmq
+from sqlalchemy import Engine, select
+
+from pandaflow import protocol
+from pandaflow.server import assignment, completion, pilots, submission, watchdog
+from pandaflow.server import schema as s
+from pandaflow.server.broker import Broker
+from pandaflow.server.states import ACTIVE_STATES
+
+log = logging.getLogger(__name__)
+
+_OP_ORDER = {
+    "register": 0,
+    "submit": 1,
+    "results": 2,
+    "heartbeat": 3,
+    "sync": 4,
+    "ping": 5,
+    "request": 6,
+    "bye": 7,
+}
+_MAX_DRAIN = 4000
+
+
+@dataclass(slots=True)
+class Standing:
+    """A pilot's unfilled request for work."""
+
+    pilot_id: int
+    queue: str
+    n: int
+    cores: int | None
+    memory_mb: int | None
+
+
+class Dispatcher:
+    """Serves the ZeroMQ protocol of :mod:`pandaflow.protocol` on ``endpoint``."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        broker: Broker,
+        token: str,
+        endpoint: str = "tcp://127.0.0.1:0",
+        heartbeat_interval: float = 5.0,
+        heartbeat_timeout: float | None = None,
+    ):
+        self.engine = engine
+        self.broker = broker
+        self.token = token.encode()
+        self.heartbeat_interval = heartbeat_interval
+        self.heartbeat_timeout = heartbeat_timeout or max(3 * heartbeat_interval, 10.0)
+        self.epoch = uuid.uuid4().hex
+        self.ctx = zmq.Context.instance()
+        self.router = self.ctx.socket(zmq.ROUTER)
+        self.router.setsockopt(zmq.ROUTER_HANDOVER, 1)
+        self.router.setsockopt(zmq.ROUTER_MANDATORY, 1)
+        self.router.setsockopt(zmq.SNDHWM, 0)
+        self.router.setsockopt(zmq.RCVHWM, 0)
+        self.router.setsockopt(zmq.LINGER, 0)
+        if endpoint.endswith(":0"):
+            port = self.router.bind_to_random_port(endpoint.rsplit(":", 1)[0])
+            self.endpoint = f"{endpoint.rsplit(':', 1)[0]}:{port}"
+        else:
+            self.router.bind(endpoint)
+            self.endpoint = endpoint
+        self._control_addr = f"inproc://pandaflow-control-{self.epoch}"
+        self.control = self.ctx.socket(zmq.PULL)
+        self.control.bind(self._control_addr)
+        self._local = threading.local()
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self.waiting: dict[bytes, Standing] = {}
+        self.pilot_of: dict[bytes, tuple[int, str]] = {}
+        self.maybe_ready: set[str] = set(broker.queues)
+        self.book = submission.WorkflowBook()
+        self._next_sweep = time.time() + self.heartbeat_interval
+        self.stats = defaultdict(int)
+
+    # ---------------------------------------------------------------- thread control
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self.run, name="pandaflow-dispatcher", daemon=True)
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self.poke({"kind": "stop"})
+        if self._thread is not None:
+            self._thread.join(10)
+        self.router.close(0)
+        self.control.close(0)
+
+    def poke(self, message: dict[str, Any]) -> None:
+        """Thread-safe: hand the loop a control message (new ready work, kills, notifications)."""
+        sock = getattr(self._local, "push", None)
+        if sock is None:
+            sock = self.ctx.socket(zmq.PUSH)
+            sock.setsockopt(zmq.LINGER, 1000)
+            sock.connect(self._control_addr)
+            self._local.push = sock
+        sock.send(protocol.encode(message))
+
+    # ---------------------------------------------------------------- loop
+    def run(self) -> None:
+        poller = zmq.Poller()
+        poller.register(self.router, zmq.POLLIN)
+        poller.register(self.control, zmq.POLLIN)
+        while not self._stop.is_set():
+            timeout = max(0.0, self._next_sweep - time.time())
+            try:
+                events = dict(poller.poll(int(timeout * 1000) + 1))
+            except zmq.ZMQError:
+                if self._stop.is_set():
+                    break
+                raise
+            batch: list[tuple[bytes, dict[str, Any]]] = []
+            controls: list[dict[str, Any]] = []
+            if self.router in events:
+                self._drain_router(batch)
+            if self.control in events:
+                while True:
+                    try:
+                        controls.append(protocol.decode(self.control.recv(zmq.NOBLOCK)))
+                    except zmq.Again:
+                        break
+            if self._stop.is_set():
+                break
+            sweep = time.time() >= self._next_sweep
+            if batch or controls or sweep:
+                self.turn(batch, controls, sweep)
+
+    def _drain_router(self, batch: list[tuple[bytes, dict[str, Any]]]) -> None:
+        for _ in range(_MAX_DRAIN):
+            try:
+                frames = self.router.recv_multipart(zmq.NOBLOCK, copy=True)
+            except zmq.Again:
+                return
+            if len(frames) != 2:
+                continue
+            identity, frame = frames
+            try:
+                message = protocol.decode(frame)
+            except ValueError as exc:
+                self._send(identity, {"op": "error", "message": str(exc)})
+                continue
+            token = message.get("tok")
+            if not isinstance(token, str) or not hmac.compare_digest(token.encode(), self.token):
+                self.stats["auth_failures"] += 1
+                self._send(
+                    identity, {"op": "error", "message": "authentication failed: wrong or missing token"}
+                )
+                continue
+            batch.append((identity, message))
+
+    def turn(
+        self, batch: list[tuple[bytes, dict[str, Any]]], controls: list[dict[str, Any]], sweep: bool
+    ) -> None:
+        """Apply one batch of messages in one transaction, then reply."""
+        now = time.time()
+        outbox: list[tuple[bytes, dict[str, Any]]] = []
+        notify: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        batch.sort(key=lambda item: _OP_ORDER.get(item[1].get("op"), 99))
+        for control in controls:
+            self._control(control, outbox, notify)
+        try:
+            with self.engine.begin() as conn:
+                beats: list[int] = []
+                for identity, message in batch:
+                    handler = getattr(self, "_op_" + str(message.get("op")), None)
+                    if handler is None:
+                        outbox.append(
+                            (identity, {"op": "error", "message": f"unknown op {message.get('op')!r}"})
+                        )
+                        continue
+                    handler(conn, identity, message, now, outbox, notify, beats)
+                pilots.heartbeat(conn, beats, now)
+                if sweep:
+                    self._sweep(conn, now, notify)
+                self._assign(conn, now, outbox)
+        except Exception:
+            # Nothing was committed: submitters and pilots get no ack and will resend.
+            log.exception("dispatcher turn failed; rolled back %d messages", len(batch))
+            self.book.forget()
+            self.stats["rollbacks"] += 1
+            return
+        for identity, message in outbox:
+            self._send(identity, message)
+        for client, results in notify.items():
+            self._send(client.encode(), {"op": "results", "results": results})
+
+    def _send(self, identity: bytes, message: dict[str, Any]) -> None:
+        try:
+            self.router.send_multipart([identity, protocol.encode(message)], zmq.NOBLOCK)
+        except zmq.ZMQError:
+            # Peer gone (or never connected): executors re-sync and pilots re-request on reconnect.
+            self.stats["undeliverable"] += 1
+
+    # ---------------------------------------------------------------- ops
+    def _op_register(self, conn, identity, msg, now, outbox, notify, beats) -> None:
+        msg["pilot"] = identity.decode(errors="replace")
+        pilot_id = pilots.register(conn, msg, now)
+        self.pilot_of[identity] = (pilot_id, str(msg.get("queue") or ""))
+        if msg.get("queue") not in self.broker.queues:
+            outbox.append(
+                (
+                    identity,
+                    {
+                        "op": "error",
+                        "fatal": True,
+                        "message": f"unknown queue {msg.get('queue')!r}; known: {sorted(self.broker.queues)}",
+                    },
+                )
+            )
+            pilots.depart(conn, pilot_id, now)
+            return
+        outbox.append(
+            (
+                identity,
+                {
+                    "op": "registered",
+                    "pilot_id": pilot_id,
+                    "epoch": self.epoch,
+                    "heartbeat_interval": self.heartbeat_interval,
+                },
+            )
+        )
+
+    def _pilot(self, conn, identity: bytes, outbox) -> tuple[int, str] | None:
+        known = self.pilot_of.get(identity)
+        if known is None:
+            row = pilots.lookup(conn, identity.decode(errors="replace"))
+            if row is None:
+                outbox.append((identity, {"op": "reregister", "epoch": self.epoch}))
+                return None
+            known = self.pilot_of[identity] = (row[0], row[1])
+        return known
+
+    def _op_submit(self, conn, identity, msg, now, outbox, notify, beats) -> None:
+        jobs = msg.get("jobs")
+        reply = {"op": "submitted", "batch": msg.get("batch")}
+        if not isinstance(jobs, list) or not jobs:
+            reply["error"] = "'jobs' must be a non-empty list"
+            outbox.append((identity, reply))
+            return
+        client = identity.decode(errors="replace")
+        clean, rejected = [], {}
+        for i, job in enumerate(jobs):
+            try:
+                clean.extend(submission.validate([job], self.broker))
+            except submission.SubmissionError as exc:
+                uid = job.get("uid") if isinstance(job, dict) else None
+                rejected[uid or f"jobs[{i}]"] = "; ".join(exc.problems).replace("jobs[0]", f"jobs[{i}]")
+        if clean:
+            stored = submission.store(
+                conn,
+                clean,
+                self.book,
+                workflow=str(msg.get("workflow") or "default"),
+                client=client,
+                owner=str(msg.get("owner") or ""),
+                now=now,
+            )
+            self.maybe_ready |= stored.queues
+            reply["ids"] = stored.ids
+        reply["rejected"] = rejected
+        self.stats["submitted"] += len(clean)
+        outbox.append((identity, reply))
+
+    def _op_results(self, conn, identity, msg, now, outbox, notify, beats) -> None:
+        pilot = self._pilot(conn, identity, outbox)
+        if pilot is None:
+            return
+        outcomes = msg.get("outcomes") or []
+        done = completion.record(conn, outcomes, now)
+        for client, results in done.notify.items():
+            notify[client].extend(results)
+        self.maybe_ready |= done.requeued
+        ok = sum(1 for o in outcomes if o.get("ok"))
+        pilots.count_done(conn, {pilot[0]: (ok, len(outcomes) - ok)})
+        outbox.append((identity, {"op": "acked", "ids": [[o["id"], o.get("attempt")] for o in outcomes]}))
+        self.stats["results"] += len(outcomes)
+        self._want(identity, pilot, msg.get("want"))
+
+    def _op_request(self, conn, identity, msg, now, outbox, notify, beats) -> None:
+        pilot = self._pilot(conn, identity, outbox)
+        if pilot is not None:
+            self._want(identity, pilot, msg.get("want"))
+
+    def _want(self, identity: bytes, pilot: tuple[int, str], want: Any) -> None:
+        if not isinstance(want, dict):
+            return
+        n = int(want.get("n") or 0)
+        if n <= 0:
+            self.waiting.pop(identity, None)
+            return
+        self.waiting[identity] = Standing(pilot[0], pilot[1], n, want.get("cores"), want.get("memory_mb"))
+
+    def _op_heartbeat(self, conn, identity, msg, now, outbox, notify, beats) -> None:
+        pilot = self._pilot(conn, identity, outbox)
+        if pilot is None:
+            return
+        pilot_id = pilot[0]
+        beats.append(pilot_id)
+        running = {int(k): float(v) for k, v in (msg.get("running") or {}).items()}
+        completion.mark_running(conn, pilot_id, running, now)
+        known = {int(j) for j in msg.get("known") or ()}
+        grace = max(2 * self.heartbeat_interval, 5.0)
+        done = watchdog.unacknowledged(conn, pilot_id, known, now - grace, now)
+        for client, results in done.notify.items():
+            notify[client].extend(results)
+        self.maybe_ready |= done.requeued
+        kill = []
+        if known:
+            rows = conn.execute(
+                select(s.jobs.c.id, s.jobs.c.status, s.jobs.c.pilot_id).where(s.jobs.c.id.in_(known))
+            ).all()
+            kill = [r.id for r in rows if r.status not in ACTIVE_STATES or r.pilot_id != pilot_id]
+        outbox.append((identity, {"op": "hb", "epoch": self.epoch, "kill": kill}))
+        self._want(identity, pilot, msg.get("want"))
+
+    def _op_bye(self, conn, identity, msg, now, outbox, notify, beats) -> None:
+        pilot = self.pilot_of.pop(identity, None) or self._pilot(conn, identity, [])
+        self.waiting.pop(identity, None)
+        if pilot is not None:
+            pilots.depart(conn, pilot[0], now)
+
+    def _op_sync(self, conn, identity, msg, now, outbox, notify, beats) -> None:
+        uids = [str(u) for u in msg.get("uids") or ()]
+        results, unknown = completion.result_of(conn, uids) if uids else ([], [])
+        if results:
+            notify[identity.decode(errors="replace")].extend(results)
+        outbox.append((identity, {"op": "synced", "unknown": unknown, "epoch": self.epoch}))
+
+    def _op_ping(self, conn, identity, msg, now, outbox, notify, beats) -> None:
+        outbox.append((identity, {"op": "pong", "epoch": self.epoch}))
+
+    # ---------------------------------------------------------------- internals
+    def _control(self, control: dict[str, Any], outbox, notify) -> None:
+        kind = control.get("kind")
+        if kind == "ready":
+            self.maybe_ready |= set(control.get("queues") or self.broker.queues)
+        elif kind == "kill":
+            for name, ids in (control.get("pilots") or {}).items():
+                outbox.append((name.encode(), {"op": "kill", "ids": ids}))
+        elif kind == "notify":
+            for client, results in (control.get("notify") or {}).items():
+                notify[client].extend(results)
+
+    def _sweep(self, conn, now: float, notify) -> None:
+        self._next_sweep = now + min(self.heartbeat_interval, 5.0)
+        # Periodically look again at every queue: a request filtered by size may have left work.
+        self.maybe_ready = set(self.broker.queues)
+        lost, done = watchdog.sweep(conn, now, self.heartbeat_timeout)
+        if lost:
+            log.warning(
+                "pilots %s lost (no heartbeat for %.0f s); their jobs are retried",
+                lost,
+                self.heartbeat_timeout,
+            )
+            for identity, (pilot_id, _q) in list(self.pilot_of.items()):
+                if pilot_id in lost:
+                    self.pilot_of.pop(identity, None)
+                    self.waiting.pop(identity, None)
+        for client, results in done.notify.items():
+            notify[client].extend(results)
+        self.maybe_ready |= done.requeued
+
+    def _assign(self, conn, now: float, outbox) -> None:
+        if not self.waiting or not self.maybe_ready:
+            return
+        for identity, want in list(self.waiting.items()):
+            if want.queue not in self.maybe_ready:
+                continue
+            jobs = assignment.assign(
+                conn,
+                pilot_id=want.pilot_id,
+                queue=want.queue,
+                n=want.n,
+                cores=want.cores,
+                memory_mb=want.memory_mb,
+                now=now,
+            )
+            if len(jobs) < want.n:
+                self.maybe_ready.discard(want.queue)
+            if jobs:
+                outbox.append((identity, {"op": "jobs", "jobs": jobs}))
+                self.stats["dispatched"] += len(jobs)
+                want.n -= len(jobs)
+            if want.n <= 0:
+                del self.waiting[identity]

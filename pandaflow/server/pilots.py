@@ -1,0 +1,75 @@
+"""The pilot registry: registration, heartbeats and departures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import Connection, bindparam, insert, select, update
+
+from pandaflow.server import schema as s
+
+_P = s.pilots.c
+ACTIVE = "active"
+LOST = "lost"
+EXITED = "exited"
+
+
+def register(conn: Connection, info: dict[str, Any], now: float) -> int:
+    """Record a pilot (or re-activate one that re-registers after a server restart)."""
+    name = str(info["pilot"])
+    values = {
+        "queue": str(info.get("queue") or ""),
+        "host": str(info.get("host") or ""),
+        "pid": info.get("pid"),
+        "cores": int(info.get("cores") or 1),
+        "memory_mb": info.get("memory_mb"),
+        "workdir": str(info.get("workdir") or ""),
+        "version": str(info.get("version") or ""),
+        "status": ACTIVE,
+        "last_heartbeat": now,
+        "ended_at": None,
+    }
+    pid = conn.execute(select(_P.id).where(_P.name == name)).scalar()
+    if pid is not None:
+        conn.execute(update(s.pilots).where(_P.id == pid).values(values))
+        return pid
+    return conn.execute(insert(s.pilots).values(name=name, registered_at=now, **values)).inserted_primary_key[
+        0
+    ]
+
+
+def lookup(conn: Connection, name: str) -> tuple[int, str, str] | None:
+    """(id, queue, status) of the pilot called ``name``."""
+    row = conn.execute(select(_P.id, _P.queue, _P.status).where(_P.name == name)).first()
+    return (row.id, row.queue, row.status) if row else None
+
+
+def heartbeat(conn: Connection, pilot_ids: list[int], now: float) -> None:
+    """Refresh the heartbeat time of the given pilots (one statement for all)."""
+    if pilot_ids:
+        conn.execute(
+            update(s.pilots).where(_P.id == bindparam("_id")).values(last_heartbeat=now, status=ACTIVE),
+            [{"_id": p} for p in pilot_ids],
+        )
+
+
+def depart(conn: Connection, pilot_id: int, now: float, status: str = EXITED) -> None:
+    conn.execute(update(s.pilots).where(_P.id == pilot_id).values(status=status, ended_at=now))
+
+
+def silent_since(conn: Connection, deadline: float) -> list[int]:
+    """Active pilots whose last heartbeat is older than ``deadline``."""
+    return list(
+        conn.execute(select(_P.id).where(_P.status == ACTIVE, _P.last_heartbeat < deadline)).scalars()
+    )
+
+
+def count_done(conn: Connection, counts: dict[int, tuple[int, int]]) -> None:
+    """Add finished/failed job counts per pilot."""
+    if counts:
+        conn.execute(
+            update(s.pilots)
+            .where(_P.id == bindparam("_id"))
+            .values(n_done=_P.n_done + bindparam("d"), n_failed=_P.n_failed + bindparam("f")),
+            [{"_id": p, "d": d, "f": f} for p, (d, f) in counts.items()],
+        )

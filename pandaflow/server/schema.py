@@ -1,0 +1,166 @@
+"""Database schema: workflows, tasks, jobs (with attempt history), payloads, results, logs,
+pilots and queues.
+
+SQLAlchemy Core tables, so the hot path can issue bulk statements without ORM overhead and
+Alembic can migrate them. Times are UNIX epoch seconds (float, UTC).
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    Boolean,
+    Column,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    String,
+    Table,
+    Text,
+    UniqueConstraint,
+)
+
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+workflows = Table(
+    "workflows",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(255), nullable=False),
+    Column("owner", String(128), nullable=False, default=""),
+    Column("client", String(64), nullable=True, index=True),  # executor that submitted it
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+)
+
+tasks = Table(
+    "tasks",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("workflow_id", Integer, ForeignKey("workflows.id"), nullable=False, index=True),
+    Column("name", String(255), nullable=False),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("created_at", Float, nullable=False),
+    UniqueConstraint("workflow_id", "name"),
+)
+
+jobs = Table(
+    "jobs",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("uid", String(96), nullable=False, unique=True),  # client key: idempotent submission
+    Column("workflow_id", Integer, ForeignKey("workflows.id"), nullable=False),
+    Column("task_id", Integer, ForeignKey("tasks.id"), nullable=False),
+    Column("name", String(255), nullable=False),
+    Column("kind", String(16), nullable=False),  # python | shell
+    Column("status", String(16), nullable=False),
+    Column("queue", String(128), nullable=True),
+    Column("priority", Integer, nullable=False, default=0),
+    Column("cores", Integer, nullable=False, default=1),
+    Column("memory_mb", Integer, nullable=True),
+    Column("disk_mb", Integer, nullable=True),
+    Column("walltime_s", Float, nullable=True),
+    Column("max_attempts", Integer, nullable=False, default=3),
+    Column("attempt", Integer, nullable=False, default=0),  # number of dispatches so far
+    Column("pilot_id", Integer, nullable=True),
+    Column("client", String(64), nullable=True),
+    Column("command", Text, nullable=True),
+    Column("env", Text, nullable=True),  # JSON map for shell jobs
+    Column("error_code", Integer, nullable=False, default=0),
+    Column("error_diag", Text, nullable=False, default=""),
+    Column("exit_code", Integer, nullable=True),
+    Column("stdout_tail", Text, nullable=False, default=""),
+    Column("max_rss_mb", Float, nullable=True),
+    Column("max_pss_mb", Float, nullable=True),
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("dispatched_at", Float, nullable=True),
+    Column("started_at", Float, nullable=True),
+    Column("ended_at", Float, nullable=True),
+    Index("ix_jobs_dispatch", "status", "queue", "priority", "id"),
+    Index("ix_jobs_pilot", "pilot_id", "status"),
+    Index("ix_jobs_workflow", "workflow_id", "status"),
+    Index("ix_jobs_task", "task_id", "status"),
+)
+
+job_payloads = Table(
+    "job_payloads",
+    metadata,
+    Column("job_id", Integer, ForeignKey("jobs.id"), primary_key=True),
+    Column("buffer", LargeBinary, nullable=False),
+)
+
+job_results = Table(
+    "job_results",
+    metadata,
+    Column("job_id", Integer, ForeignKey("jobs.id"), primary_key=True),
+    Column("result", LargeBinary, nullable=False),
+    Column("is_exception", Boolean, nullable=False, default=False),
+)
+
+attempts = Table(
+    "attempts",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("job_id", Integer, ForeignKey("jobs.id"), nullable=False),
+    Column("attempt", Integer, nullable=False),
+    Column("pilot_id", Integer, nullable=True),
+    Column("queue", String(128), nullable=True),
+    Column("status", String(16), nullable=False),  # dispatched | running | finished | failed
+    Column("error_code", Integer, nullable=False, default=0),
+    Column("error_diag", Text, nullable=False, default=""),
+    Column("exit_code", Integer, nullable=True),
+    Column("dispatched_at", Float, nullable=True),
+    Column("started_at", Float, nullable=True),
+    Column("ended_at", Float, nullable=True),
+    Column("max_rss_mb", Float, nullable=True),
+    Column("max_pss_mb", Float, nullable=True),
+    Column("memory_samples", Text, nullable=True),  # JSON [[t, rss, pss], ...]
+    UniqueConstraint("job_id", "attempt"),
+)
+
+job_logs = Table(
+    "job_logs",
+    metadata,
+    Column("job_id", Integer, ForeignKey("jobs.id"), primary_key=True),
+    Column("attempt", Integer, primary_key=True),
+    Column("log", LargeBinary, nullable=False),
+)
+
+pilots = Table(
+    "pilots",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(96), nullable=False, unique=True),
+    Column("queue", String(128), nullable=False),
+    Column("host", String(255), nullable=False, default=""),
+    Column("pid", Integer, nullable=True),
+    Column("cores", Integer, nullable=False, default=1),
+    Column("memory_mb", Integer, nullable=True),
+    Column("workdir", Text, nullable=False, default=""),
+    Column("status", String(16), nullable=False),  # active | lost | exited
+    Column("version", String(32), nullable=False, default=""),
+    Column("registered_at", Float, nullable=False),
+    Column("last_heartbeat", Float, nullable=False),
+    Column("ended_at", Float, nullable=True),
+    Column("n_done", Integer, nullable=False, default=0),
+    Column("n_failed", Integer, nullable=False, default=0),
+    Index("ix_pilots_status", "status", "last_heartbeat"),
+)
+
+queues = Table(
+    "queues",
+    metadata,
+    Column("name", String(128), primary_key=True),
+    Column("description", Text, nullable=False),  # validated JSON description
+    Column("updated_at", Float, nullable=False),
+)

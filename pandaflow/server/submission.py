@@ -1,0 +1,252 @@
+"""Bulk submission: validate every job, broker it, then store the whole batch or nothing."""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sqlalchemy import Connection, insert, select
+
+from pandaflow.server import schema as s
+from pandaflow.server.broker import Broker, BrokerageError
+from pandaflow.server.states import READY
+
+MAX_ATTEMPTS_DEFAULT = 3
+_KINDS = ("python", "shell")
+_INT_FIELDS = ("cores", "memory_mb", "disk_mb", "priority", "max_attempts")
+_KNOWN_FIELDS = frozenset(
+    {"uid", "name", "task", "kind", "buffer", "command", "env", "walltime_s", "queue", *_INT_FIELDS}
+)
+
+
+class SubmissionError(ValueError):
+    """The batch was refused as a whole; ``problems`` lists every offending job."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        shown = "; ".join(problems[:10])
+        more = f" (and {len(problems) - 10} more)" if len(problems) > 10 else ""
+        super().__init__(f"submission refused, nothing was stored: {shown}{more}")
+
+
+@dataclass(slots=True)
+class Submitted:
+    workflow_id: int
+    accepted: list[str] = field(default_factory=list)  # uids stored by this call
+    duplicates: list[str] = field(default_factory=list)  # uids stored earlier (idempotent resend)
+    ids: dict[str, int] = field(default_factory=dict)  # uid -> job id
+    queues: set[str] = field(default_factory=set)  # queues that received ready jobs
+
+
+def _check_job(i: int, job: Any, broker: Broker, problems: list[str]) -> dict[str, Any] | None:
+    where = f"jobs[{i}]"
+    if not isinstance(job, dict):
+        problems.append(f"{where}: expected an object, got {type(job).__name__}")
+        return None
+    label = f"{where} ({job.get('name') or job.get('uid') or 'unnamed'})"
+    unknown = set(job) - _KNOWN_FIELDS
+    if unknown:
+        problems.append(f"{label}: unknown field(s) {sorted(unknown)}; known: {sorted(_KNOWN_FIELDS)}")
+        return None
+    kind = job.get("kind", "shell" if "command" in job else "python")
+    if kind not in _KINDS:
+        problems.append(f"{label}: kind must be one of {_KINDS}, got {kind!r}")
+        return None
+    if kind == "python" and not isinstance(job.get("buffer"), bytes | bytearray):
+        problems.append(f"{label}: a python job needs 'buffer' (bytes of a parsl pack_apply_message)")
+        return None
+    if kind == "shell" and (not isinstance(job.get("command"), str) or not job["command"].strip()):
+        problems.append(f"{label}: a shell job needs a non-empty 'command' string")
+        return None
+    for key in _INT_FIELDS:
+        value = job.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
+            problems.append(f"{label}: {key} must be an integer, got {value!r}")
+            return None
+    cores = 1 if job.get("cores") is None else job["cores"]
+    if cores < 1:
+        problems.append(f"{label}: cores must be at least 1, got {cores}")
+        return None
+    for key in ("memory_mb", "disk_mb"):
+        if (job.get(key) or 0) < 0:
+            problems.append(f"{label}: {key} must not be negative, got {job[key]}")
+            return None
+    max_attempts = MAX_ATTEMPTS_DEFAULT if job.get("max_attempts") is None else job["max_attempts"]
+    if max_attempts < 1:
+        problems.append(f"{label}: max_attempts must be at least 1, got {max_attempts}")
+        return None
+    walltime = job.get("walltime_s")
+    if walltime is not None and (
+        isinstance(walltime, bool) or not isinstance(walltime, int | float) or walltime <= 0
+    ):
+        problems.append(f"{label}: walltime_s must be a positive number of seconds, got {walltime!r}")
+        return None
+    env = job.get("env")
+    if env is not None and (
+        not isinstance(env, dict)
+        or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
+    ):
+        problems.append(f"{label}: env must map strings to strings")
+        return None
+    queue = job.get("queue")
+    if queue is not None and not isinstance(queue, str):
+        problems.append(f"{label}: queue must be a queue name, got {queue!r}")
+        return None
+    try:
+        queue = broker.choose(job.get("memory_mb"), cores, walltime, queue)
+    except BrokerageError as exc:
+        problems.append(f"{label}: {exc}")
+        return None
+    return {
+        "uid": job.get("uid") or uuid.uuid4().hex,
+        "name": job.get("name") or "",
+        "task": job.get("task") or "default",
+        "kind": kind,
+        "buffer": bytes(job["buffer"]) if kind == "python" else None,
+        "command": job.get("command"),
+        "env": json.dumps(env) if env else None,
+        "cores": cores,
+        "memory_mb": job.get("memory_mb"),
+        "disk_mb": job.get("disk_mb"),
+        "walltime_s": walltime,
+        "priority": job.get("priority") or 0,
+        "max_attempts": max_attempts,
+        "queue": queue,
+    }
+
+
+def validate(jobs: Sequence[Any], broker: Broker) -> list[dict[str, Any]]:
+    """Check and broker every job; raise :class:`SubmissionError` listing all problems."""
+    if not isinstance(jobs, Sequence) or isinstance(jobs, str | bytes) or not jobs:
+        raise SubmissionError(["'jobs' must be a non-empty list of job objects"])
+    problems: list[str] = []
+    clean = [_check_job(i, job, broker, problems) for i, job in enumerate(jobs)]
+    uids: set[str] = set()
+    for i, job in enumerate(clean):
+        if job is None:
+            continue
+        if job["uid"] in uids:
+            problems.append(f"jobs[{i}]: duplicate uid {job['uid']!r} in the same submission")
+        uids.add(job["uid"])
+    if problems:
+        raise SubmissionError(problems)
+    return clean  # type: ignore[return-value]
+
+
+class WorkflowBook:
+    """Finds or creates workflows and tasks, caching ids (rows are never deleted)."""
+
+    def __init__(self) -> None:
+        self._workflows: dict[tuple[str, str], int] = {}
+        self._tasks: dict[tuple[int, str], int] = {}
+
+    def workflow(self, conn: Connection, name: str, client: str | None, owner: str, now: float) -> int:
+        key = (client or "", name)
+        wid = self._workflows.get(key)
+        if wid is None:
+            wid = conn.execute(
+                select(s.workflows.c.id).where(s.workflows.c.name == name, s.workflows.c.client == client)
+                if client
+                else select(s.workflows.c.id).where(False)
+            ).scalar()
+            if wid is None:
+                wid = conn.execute(
+                    insert(s.workflows).values(
+                        name=name, client=client, owner=owner, created_at=now, updated_at=now
+                    )
+                ).inserted_primary_key[0]
+            if client:
+                self._workflows[key] = wid
+        return wid
+
+    def task(self, conn: Connection, workflow_id: int, name: str, now: float) -> int:
+        key = (workflow_id, name)
+        tid = self._tasks.get(key)
+        if tid is None:
+            tid = conn.execute(
+                select(s.tasks.c.id).where(s.tasks.c.workflow_id == workflow_id, s.tasks.c.name == name)
+            ).scalar()
+            if tid is None:
+                tid = conn.execute(
+                    insert(s.tasks).values(workflow_id=workflow_id, name=name, created_at=now)
+                ).inserted_primary_key[0]
+            self._tasks[key] = tid
+        return tid
+
+    def forget(self) -> None:
+        """Drop cached ids (after a rolled-back transaction they may not exist)."""
+        self._workflows.clear()
+        self._tasks.clear()
+
+
+def store(
+    conn: Connection,
+    clean: list[dict[str, Any]],
+    book: WorkflowBook,
+    *,
+    workflow: str,
+    client: str | None = None,
+    owner: str = "",
+    now: float | None = None,
+) -> Submitted:
+    """Insert validated jobs as ready (in the caller's transaction), skipping uids already stored."""
+    now = time.time() if now is None else now
+    wid = book.workflow(conn, workflow, client, owner, now)
+    out = Submitted(workflow_id=wid)
+    existing = {
+        row.uid: row.id
+        for row in conn.execute(
+            select(s.jobs.c.uid, s.jobs.c.id).where(s.jobs.c.uid.in_([j["uid"] for j in clean]))
+        )
+    }
+    rows = []
+    payloads = []
+    for job in clean:
+        if job["uid"] in existing:
+            out.duplicates.append(job["uid"])
+            out.ids[job["uid"]] = existing[job["uid"]]
+            continue
+        rows.append(
+            {
+                "uid": job["uid"],
+                "workflow_id": wid,
+                "task_id": book.task(conn, wid, job["task"], now),
+                "name": job["name"],
+                "kind": job["kind"],
+                "status": READY,
+                "queue": job["queue"],
+                "priority": job["priority"],
+                "cores": job["cores"],
+                "memory_mb": job["memory_mb"],
+                "disk_mb": job["disk_mb"],
+                "walltime_s": job["walltime_s"],
+                "max_attempts": job["max_attempts"],
+                "attempt": 0,
+                "client": client,
+                "command": job["command"],
+                "env": job["env"],
+                "error_code": 0,
+                "error_diag": "",
+                "stdout_tail": "",
+                "created_at": now,
+                "updated_at": now,
+            }
+        )
+        payloads.append(job["buffer"])
+    if rows:
+        result = conn.execute(insert(s.jobs).returning(s.jobs.c.id, sort_by_parameter_order=True), rows)
+        ids = [r[0] for r in result]
+        blobs = []
+        for job_id, row, buffer in zip(ids, rows, payloads, strict=True):
+            out.ids[row["uid"]] = job_id
+            out.accepted.append(row["uid"])
+            out.queues.add(row["queue"])
+            if buffer is not None:
+                blobs.append({"job_id": job_id, "buffer": buffer})
+        if blobs:
+            conn.execute(insert(s.job_payloads), blobs)
+    return out

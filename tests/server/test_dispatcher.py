@@ -1,0 +1,220 @@
+"""The ZeroMQ dispatcher, driven by raw sockets playing an executor and a pilot."""
+
+import time
+
+import pytest
+import zmq
+from sqlalchemy import select
+
+from pandaflow import protocol
+from pandaflow.pilot.errorcodes import ErrorCode
+from pandaflow.server import schema as s
+from pandaflow.server.app import Server, ServerConfig
+
+TOKEN = "secret-token"
+
+
+@pytest.fixture
+def server(tmp_path):
+    srv = Server(
+        ServerConfig(
+            db_url=f"sqlite:///{tmp_path / 'd.db'}",
+            port=0,
+            zmq_port=0,
+            token=TOKEN,
+            heartbeat_interval=0.5,
+            heartbeat_timeout=1.5,
+        )
+    )
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+class Peer:
+    def __init__(self, endpoint, name, token=TOKEN):
+        self.sock = zmq.Context.instance().socket(zmq.DEALER)
+        self.sock.setsockopt(zmq.ROUTING_ID, name.encode())
+        self.sock.setsockopt(zmq.LINGER, 0)
+        self.sock.connect(endpoint)
+        self.token = token
+
+    def send(self, op, **body):
+        self.sock.send(protocol.encode({"tok": self.token, "op": op, **body}))
+
+    def recv(self, op=None, timeout=5.0):
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            if self.sock.poll(100):
+                msg = protocol.decode(self.sock.recv())
+                if op is None or msg["op"] == op:
+                    return msg
+        raise AssertionError(f"no {op or 'message'} within {timeout} s")
+
+    def close(self):
+        self.sock.close(0)
+
+
+def job_row(server, job_id):
+    with server.engine.connect() as conn:
+        return conn.execute(select(s.jobs).where(s.jobs.c.id == job_id)).mappings().one()
+
+
+def test_a_peer_with_a_wrong_token_is_refused(server):
+    peer = Peer(server.dispatcher.endpoint, "intruder", token="wrong")
+    peer.send("submit", jobs=[{"command": "echo hi"}], batch=1)
+    assert "authentication failed" in peer.recv("error")["message"]
+    with server.engine.connect() as conn:
+        assert conn.execute(select(s.jobs)).first() is None
+    peer.close()
+
+
+def test_submit_dispatch_result_and_notification_round_trip(server):
+    client = Peer(server.dispatcher.endpoint, "client-1")
+    pilot = Peer(server.dispatcher.endpoint, "pilot-1")
+    pilot.send("register", queue="local", cores=2, host="h", pid=1)
+    assert pilot.recv("registered")["pilot_id"] >= 1
+    pilot.send("request", want={"n": 4})
+    client.send("submit", batch=7, workflow="wf", jobs=[{"uid": "u1", "command": "echo hi", "task": "t"}])
+    ack = client.recv("submitted")
+    assert ack["batch"] == 7 and ack["rejected"] == {}
+    jobs = pilot.recv("jobs")["jobs"]
+    assert [j["command"] for j in jobs] == ["echo hi"] and jobs[0]["attempt"] == 1
+    job_id = jobs[0]["id"]
+    assert job_row(server, job_id)["status"] == "dispatched"
+    pilot.send(
+        "results",
+        outcomes=[
+            {
+                "id": job_id,
+                "attempt": 1,
+                "ok": True,
+                "error_code": 0,
+                "tail": "hi\n",
+                "log": b"hi\n",
+                "t0": time.time(),
+                "t1": time.time(),
+            }
+        ],
+    )
+    assert pilot.recv("acked")["ids"] == [[job_id, 1]]
+    result = client.recv("results")["results"][0]
+    assert result["uid"] == "u1" and result["status"] == "finished"
+    assert job_row(server, job_id)["stdout_tail"] == "hi\n"
+    client.close()
+    pilot.close()
+
+
+def test_a_retryable_failure_is_dispatched_again_with_the_next_attempt_number(server):
+    client = Peer(server.dispatcher.endpoint, "client-2")
+    pilot = Peer(server.dispatcher.endpoint, "pilot-2")
+    pilot.send("register", queue="local", cores=1)
+    pilot.recv("registered")
+    client.send("submit", batch=1, jobs=[{"uid": "r1", "command": "false", "max_attempts": 2}])
+    client.recv("submitted")
+    pilot.send("request", want={"n": 1})
+    job = pilot.recv("jobs")["jobs"][0]
+    pilot.send(
+        "results",
+        outcomes=[
+            {
+                "id": job["id"],
+                "attempt": 1,
+                "ok": False,
+                "exit_code": 1,
+                "error_code": int(ErrorCode.PAYLOAD_NONZERO_EXIT),
+                "error_diag": "exit 1",
+            }
+        ],
+        want={"n": 1},
+    )
+    again = pilot.recv("jobs")["jobs"][0]
+    assert again["id"] == job["id"] and again["attempt"] == 2
+    pilot.send(
+        "results",
+        outcomes=[
+            {
+                "id": job["id"],
+                "attempt": 2,
+                "ok": False,
+                "exit_code": 1,
+                "error_code": int(ErrorCode.PAYLOAD_NONZERO_EXIT),
+                "error_diag": "exit 1",
+            }
+        ],
+    )
+    final = client.recv("results")["results"][0]
+    assert final["status"] == "failed" and final["error_code"] == ErrorCode.PAYLOAD_NONZERO_EXIT
+    with server.engine.connect() as conn:
+        attempts = conn.execute(
+            select(s.attempts.c.attempt, s.attempts.c.status)
+            .where(s.attempts.c.job_id == job["id"])
+            .order_by(s.attempts.c.attempt)
+        ).all()
+    assert attempts == [(1, "failed"), (2, "failed")]
+
+
+def test_a_resent_submission_is_stored_once(server):
+    client = Peer(server.dispatcher.endpoint, "client-3")
+    for _ in range(2):
+        client.send("submit", batch=1, jobs=[{"uid": "dup", "command": "echo"}])
+        client.recv("submitted")
+    with server.engine.connect() as conn:
+        assert len(conn.execute(select(s.jobs.c.id).where(s.jobs.c.uid == "dup")).all()) == 1
+
+
+def test_a_job_no_queue_can_hold_is_rejected_alone(server):
+    client = Peer(server.dispatcher.endpoint, "client-4")
+    client.send(
+        "submit",
+        batch=1,
+        jobs=[{"uid": "ok", "command": "echo"}, {"uid": "huge", "command": "echo", "cores": 1000}],
+    )
+    ack = client.recv("submitted")
+    assert list(ack["rejected"]) == ["huge"] and "gives at most" in ack["rejected"]["huge"]
+    assert "ok" in ack["ids"]
+
+
+def test_a_silent_pilot_is_lost_and_its_job_retried_with_lost_heartbeat(server):
+    client = Peer(server.dispatcher.endpoint, "client-5")
+    pilot = Peer(server.dispatcher.endpoint, "pilot-5")
+    pilot.send("register", queue="local", cores=1)
+    pilot.recv("registered")
+    pilot.send("request", want={"n": 1})
+    client.send("submit", batch=1, jobs=[{"uid": "lh", "command": "sleep 100"}])
+    job = pilot.recv("jobs")["jobs"][0]
+    pilot.close()  # the pilot dies: no more heartbeats
+    deadline = time.time() + 10
+    while time.time() < deadline:
+        row = job_row(server, job["id"])
+        if row["status"] == "ready":
+            break
+        time.sleep(0.2)
+    assert row["status"] == "ready" and row["error_code"] == ErrorCode.LOST_HEARTBEAT
+    assert "retrying" in row["error_diag"]
+
+
+def test_a_client_that_missed_results_gets_them_by_sync(server):
+    client = Peer(server.dispatcher.endpoint, "client-6")
+    pilot = Peer(server.dispatcher.endpoint, "pilot-6")
+    pilot.send("register", queue="local", cores=1)
+    pilot.recv("registered")
+    client.send("submit", batch=1, jobs=[{"uid": "s1", "command": "echo"}])
+    client.recv("submitted")
+    client.close()
+    pilot.send("request", want={"n": 1})
+    job = pilot.recv("jobs")["jobs"][0]
+    pilot.send("results", outcomes=[{"id": job["id"], "attempt": 1, "ok": True, "error_code": 0}])
+    pilot.recv("acked")
+    client = Peer(server.dispatcher.endpoint, "client-6")
+    client.send("sync", uids=["s1", "never-submitted"])
+    assert client.recv("synced")["unknown"] == ["never-submitted"]
+    assert client.recv("results")["results"][0]["status"] == "finished"
+
+
+def test_unknown_ops_and_garbage_get_an_error_reply(server):
+    peer = Peer(server.dispatcher.endpoint, "odd")
+    peer.send("frobnicate")
+    assert "unknown op" in peer.recv("error")["message"]
+    peer.sock.send(b"\xc1 not msgpack")
+    assert "undecodable" in peer.recv("error")["message"]
