@@ -173,7 +173,8 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
     def start(self) -> None:
         self._home = os.path.join(self.run_dir, self.label)
         os.makedirs(self._home, exist_ok=True)
-        if self.server_url is None:
+        self._embedded = self.server_url is None
+        if self._embedded:
             self._start_embedded()
         else:
             self.token = pf_config.load_token(self.token)
@@ -191,7 +192,7 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
         self._thread.start()
         if self.provider is not None:
             self._start_provider_pilots()
-        elif self.server_url is None:
+        elif self._embedded:
             for i in range(self.pilots):
                 self._start_local_pilot(f"pilot{i}")
         self._started = True
@@ -401,7 +402,7 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
                     "batch": self._batch_seq,
                     "workflow": self.workflow,
                     "owner": os.environ.get("USER", ""),
-                    "jobs": jobs,
+                    "jobs": jobs, "fresh": True,
                 }
             )
 

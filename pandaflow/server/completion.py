@@ -8,11 +8,21 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, insert, select
 
-from pandaflow.pilot.errorcodes import ErrorCode, is_retryable
+from pandaflow.pilot.errorcodes import describe, is_retryable
 from pandaflow.server import schema as s
-from pandaflow.server.states import ACTIVE_STATES, FAILED, FINAL_STATES, FINISHED, READY, RUNNING, transition
+from pandaflow.server.statements import ids_param, update_jobs
+from pandaflow.server.states import (
+    ACTIVE_STATES,
+    DISPATCHED,
+    FAILED,
+    FINAL_STATES,
+    FINISHED,
+    READY,
+    RUNNING,
+    transition,
+)
 
 _J = s.jobs.c
 _A = s.attempts.c
@@ -44,25 +54,37 @@ def outcome(job_id: int, attempt: int, error_code: int, diag: str, **extra: Any)
     }
 
 
+_SELECT_ACTIVE = select(
+    _J.id,
+    _J.uid,
+    _J.status,
+    _J.attempt,
+    _J.max_attempts,
+    _J.client,
+    _J.queue,
+    _J.stdout_tail,
+    _J.pilot_id,
+    _J.dispatched_at,
+    _J.started_at,
+).where(_J.id.in_(ids_param()))
+_SELECT_ACTIVE_LOCKED = _SELECT_ACTIVE.with_for_update()
+_INSERT_ATTEMPTS = insert(s.attempts)
+_INSERT_RESULTS = insert(s.job_results)
+_INSERT_LOGS = insert(s.job_logs)
+
+
 def record(conn: Connection, outcomes: list[dict[str, Any]], now: float) -> Completed:
-    """Apply pilot outcomes (wire maps, see :mod:`pandaflow.protocol`) in the caller's transaction."""
+    """Apply pilot outcomes (wire maps, see :mod:`pandaflow.protocol`) in the caller's transaction.
+
+    Each outcome of the job's current attempt ends that attempt (one ``attempts`` row) and
+    moves the job to finished, failed, or back to ready when the error is retryable and
+    attempts are left. Outcomes of an earlier attempt, or of a job that ended, are ignored.
+    """
     done = Completed()
     if not outcomes:
         return done
-    query = select(
-        _J.id,
-        _J.uid,
-        _J.status,
-        _J.attempt,
-        _J.max_attempts,
-        _J.client,
-        _J.queue,
-        _J.stdout_tail,
-        _J.started_at,
-    ).where(_J.id.in_([o["id"] for o in outcomes]))
-    if conn.dialect.name == "postgresql":
-        query = query.with_for_update()
-    jobs = {row["id"]: dict(row) for row in conn.execute(query).mappings()}
+    query = _SELECT_ACTIVE_LOCKED if conn.dialect.name == "postgresql" else _SELECT_ACTIVE
+    jobs = {row["id"]: dict(row) for row in conn.execute(query, {"ids": [o["id"] for o in outcomes]}).mappings()}
     moves: dict[str, list[dict[str, Any]]] = defaultdict(list)
     history: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
@@ -79,9 +101,7 @@ def record(conn: Connection, outcomes: list[dict[str, Any]], now: float) -> Comp
             new = READY
         else:
             new = FAILED
-        diag = o.get("error_diag") or (
-            "" if o.get("ok") else ErrorCode(code).name if code in ErrorCode else ""
-        )
+        diag = o.get("error_diag") or ("" if o.get("ok") else describe(code))
         if new == READY:
             diag = f"attempt {job['attempt']} of {job['max_attempts']} failed, retrying: {diag}"
         tail = o.get("tail")
@@ -98,19 +118,23 @@ def record(conn: Connection, outcomes: list[dict[str, Any]], now: float) -> Comp
         values = transition(job, new, now, **ctx)
         moves[new].append({"_id": job["id"], "_attempt": job["attempt"], **values})
         job["status"] = new
+        samples = o.get("samples")
         history.append(
             {
-                "_job": job["id"],
-                "_attempt": job["attempt"],
+                "job_id": job["id"],
+                "attempt": job["attempt"],
+                "pilot_id": job["pilot_id"],
+                "queue": job["queue"],
                 "status": FINISHED if o.get("ok") else FAILED,
                 "error_code": code,
                 "error_diag": o.get("error_diag") or "",
                 "exit_code": o.get("exit_code"),
+                "dispatched_at": job["dispatched_at"],
                 "started_at": ctx["started_at"],
                 "ended_at": ctx["ended_at"],
                 "max_rss_mb": o.get("rss"),
                 "max_pss_mb": o.get("pss"),
-                "memory_samples": json.dumps(o["samples"]) if o.get("samples") else None,
+                "memory_samples": json.dumps(samples) if samples else None,
             }
         )
         if o.get("log"):
@@ -121,9 +145,7 @@ def record(conn: Connection, outcomes: list[dict[str, Any]], now: float) -> Comp
             continue
         done.final += 1
         if o.get("result") is not None:
-            results.append(
-                {"job_id": job["id"], "result": bytes(o["result"]), "is_exception": bool(o.get("exc"))}
-            )
+            results.append({"job_id": job["id"], "result": bytes(o["result"]), "is_exception": bool(o.get("exc"))})
         if job["client"]:
             done.notify[job["client"]].append(
                 {
@@ -136,56 +158,31 @@ def record(conn: Connection, outcomes: list[dict[str, Any]], now: float) -> Comp
                 }
             )
     for rows in moves.values():
-        columns = [k for k in rows[0] if not k.startswith("_")]
-        conn.execute(
-            update(s.jobs)
-            .where(_J.id == bindparam("_id"), _J.attempt == bindparam("_attempt"))
-            .values({k: bindparam(k) for k in columns}),
-            rows,
-        )
+        conn.execute(update_jobs(tuple(k for k in rows[0] if not k.startswith("_"))), rows)
     if history:
-        conn.execute(
-            update(s.attempts)
-            .where(_A.job_id == bindparam("_job"), _A.attempt == bindparam("_attempt"))
-            .values({k: bindparam(k) for k in history[0] if not k.startswith("_")}),
-            history,
-        )
+        conn.execute(_INSERT_ATTEMPTS, history)
     if results:
-        conn.execute(insert(s.job_results), results)
+        conn.execute(_INSERT_RESULTS, results)
     if logs:
-        conn.execute(insert(s.job_logs), logs)
+        conn.execute(_INSERT_LOGS, logs)
     return done
+
+
+_SELECT_TO_START = select(_J.id, _J.status, _J.attempt).where(
+    _J.id.in_(ids_param()), _J.pilot_id == bindparam("pilot_id"), _J.status == DISPATCHED
+)
 
 
 def mark_running(conn: Connection, pilot_id: int, running: dict[int, float], now: float) -> int:
     """Move jobs a pilot reports as running from dispatched to running."""
     if not running:
         return 0
-    ids = list(running)
-    rows = conn.execute(
-        select(_J.id, _J.status, _J.attempt).where(
-            _J.id.in_(ids), _J.pilot_id == pilot_id, _J.status != RUNNING
-        )
-    ).mappings()
     moves = []
-    for job in rows:
-        if job["status"] not in ACTIVE_STATES:
-            continue
+    for job in conn.execute(_SELECT_TO_START, {"ids": list(running), "pilot_id": pilot_id}).mappings():
         values = transition(dict(job), RUNNING, now, started_at=running[job["id"]])
         moves.append({"_id": job["id"], "_attempt": job["attempt"], **values})
     if moves:
-        conn.execute(
-            update(s.jobs)
-            .where(_J.id == bindparam("_id"), _J.attempt == bindparam("_attempt"))
-            .values({k: bindparam(k) for k in moves[0] if not k.startswith("_")}),
-            moves,
-        )
-        conn.execute(
-            update(s.attempts)
-            .where(_A.job_id == bindparam("_id"), _A.attempt == bindparam("_attempt"))
-            .values(status=RUNNING, started_at=bindparam("started_at")),
-            [{"_id": m["_id"], "_attempt": m["_attempt"], "started_at": m["started_at"]} for m in moves],
-        )
+        conn.execute(update_jobs(tuple(k for k in moves[0] if not k.startswith("_"))), moves)
     return len(moves)
 
 

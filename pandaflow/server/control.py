@@ -6,7 +6,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select, update
+from sqlalchemy import Connection, bindparam, insert, select, update
 
 from pandaflow.pilot.errorcodes import ErrorCode
 from pandaflow.server import schema as s
@@ -42,7 +42,9 @@ def _select(conn: Connection, job_ids: list[int] | None, workflow_id: int | None
         _J.queue,
         _J.error_code,
         _J.stdout_tail,
-    )
+        _J.dispatched_at,
+        _J.started_at,
+    ).order_by(_J.id)
     if job_ids:
         query = query.where(_J.id.in_(job_ids))
     if workflow_id is not None:
@@ -76,6 +78,7 @@ def cancel(
     """Cancel every job named that has not ended; running ones are killed on their pilots."""
     out = Changed()
     moves = []
+    ended: list[dict[str, Any]] = []  # attempts that the cancellation ends
     for job in _select(conn, job_ids, workflow_id):
         if job["status"] in FINAL_STATES:
             out.skipped.append({"id": job["id"], "status": job["status"], "reason": "already ended"})
@@ -85,6 +88,20 @@ def cancel(
         out.job_ids.append(job["id"])
         if job["status"] in ACTIVE_STATES and job["pilot_id"] is not None:
             out.kill[job["pilot_id"]].append(job["id"])
+            ended.append(
+                {
+                    "job_id": job["id"],
+                    "attempt": job["attempt"],
+                    "pilot_id": job["pilot_id"],
+                    "queue": job["queue"],
+                    "status": CANCELLED,
+                    "error_code": int(ErrorCode.KILLED_ON_REQUEST),
+                    "error_diag": "cancelled by user while on a pilot",
+                    "dispatched_at": job["dispatched_at"],
+                    "started_at": job["started_at"],
+                    "ended_at": now,
+                }
+            )
         if job["client"]:
             out.notify[job["client"]].append(
                 {
@@ -97,6 +114,8 @@ def cancel(
                 }
             )
     _apply(conn, moves)
+    if ended:
+        conn.execute(insert(s.attempts), ended)
     return out
 
 

@@ -11,7 +11,6 @@ import sqlite3
 from pathlib import Path
 
 from sqlalchemy import Engine, create_engine, event, inspect
-from sqlalchemy.pool import NullPool
 
 _MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -32,7 +31,7 @@ def make_engine(url: str, *, pool_size: int = 8) -> Engine:
             if not path.parent.exists():
                 raise DatabaseError(f"database folder {path.parent} does not exist; create it or pass --db")
         engine = create_engine(
-            url, connect_args={"timeout": 30, "check_same_thread": False}, poolclass=NullPool
+            url, connect_args={"timeout": 30, "check_same_thread": False}, pool_size=pool_size, max_overflow=4
         )
 
         @event.listens_for(engine, "connect")

@@ -40,6 +40,7 @@ _OP_ORDER = {
     "bye": 7,
 }
 _MAX_DRAIN = 4000
+_PAYLOAD_CACHE_BYTES = 256 << 20
 
 
 @dataclass(slots=True)
@@ -96,6 +97,9 @@ class Dispatcher:
         self.book = submission.WorkflowBook()
         self._next_sweep = time.time() + self.heartbeat_interval
         self.stats = defaultdict(int)
+        self.payloads: dict[int, bytes] = {}
+        self.payload_bytes = 0
+        self.pilot_counts: dict[int, tuple[int, int]] = {}
 
     # ---------------------------------------------------------------- thread control
     def start(self) -> None:
@@ -176,37 +180,54 @@ class Dispatcher:
         self, batch: list[tuple[bytes, dict[str, Any]]], controls: list[dict[str, Any]], sweep: bool
     ) -> None:
         """Apply one batch of messages in one transaction, then reply."""
-        now = time.time()
         outbox: list[tuple[bytes, dict[str, Any]]] = []
         notify: dict[str, list[dict[str, Any]]] = defaultdict(list)
-        batch.sort(key=lambda item: _OP_ORDER.get(item[1].get("op"), 99))
         for control in controls:
             self._control(control, outbox, notify)
+        self._flush(outbox, notify)
+        batch.sort(key=lambda item: _OP_ORDER.get(item[1].get("op"), 99))
         try:
-            with self.engine.begin() as conn:
-                beats: list[int] = []
-                for identity, message in batch:
-                    handler = getattr(self, "_op_" + str(message.get("op")), None)
-                    if handler is None:
-                        outbox.append(
-                            (identity, {"op": "error", "message": f"unknown op {message.get('op')!r}"})
-                        )
-                        continue
-                    handler(conn, identity, message, now, outbox, notify, beats)
-                pilots.heartbeat(conn, beats, now)
-                if sweep:
-                    self._sweep(conn, now, notify)
-                self._assign(conn, now, outbox)
-        except Exception:
-            # Nothing was committed: submitters and pilots get no ack and will resend.
+            self._apply(batch, sweep, outbox, notify)
+        except Exception as exc:
+            # Nothing was committed: submitters and pilots got no ack and will resend.
             log.exception("dispatcher turn failed; rolled back %d messages", len(batch))
             self.book.forget()
             self.stats["rollbacks"] += 1
+            outbox.clear()
+            notify.clear()
+            if len(batch) > 1:
+                for item in batch:  # isolate the message that fails, so the others go through
+                    self.turn([item], [], False)
+            elif batch:
+                identity, message = batch[0]
+                error = f"server failed to process {message.get('op')!r}: {type(exc).__name__}: {exc}"
+                reply = {"op": "submitted", "batch": message.get("batch"), "error": error}
+                self._send(identity, reply if message.get("op") == "submit" else {"op": "error", "message": error})
             return
+        self._flush(outbox, notify)
+
+    def _apply(self, batch, sweep: bool, outbox, notify) -> None:
+        now = time.time()
+        with self.engine.begin() as conn:
+            beats: list[int] = []
+            for identity, message in batch:
+                handler = getattr(self, "_op_" + str(message.get("op")), None)
+                if handler is None:
+                    outbox.append((identity, {"op": "error", "message": f"unknown op {message.get('op')!r}"}))
+                    continue
+                handler(conn, identity, message, now, outbox, notify, beats)
+            pilots.heartbeat(conn, beats, now)
+            if sweep:
+                self._sweep(conn, now, notify)
+            self._assign(conn, now, outbox)
+
+    def _flush(self, outbox, notify) -> None:
         for identity, message in outbox:
             self._send(identity, message)
         for client, results in notify.items():
             self._send(client.encode(), {"op": "results", "results": results})
+        outbox.clear()
+        notify.clear()
 
     def _send(self, identity: bytes, message: dict[str, Any]) -> None:
         try:
@@ -279,10 +300,12 @@ class Dispatcher:
                 client=client,
                 owner=str(msg.get("owner") or ""),
                 now=now,
+                fresh=msg.get("fresh") is True,
             )
             self.maybe_ready |= stored.queues
-            reply["ids"] = stored.ids
+            self._cache_payloads(stored.payloads)
         reply["rejected"] = rejected
+        reply["accepted"] = len(clean)
         self.stats["submitted"] += len(clean)
         outbox.append((identity, reply))
 
@@ -296,7 +319,8 @@ class Dispatcher:
             notify[client].extend(results)
         self.maybe_ready |= done.requeued
         ok = sum(1 for o in outcomes if o.get("ok"))
-        pilots.count_done(conn, {pilot[0]: (ok, len(outcomes) - ok)})
+        done_ok, done_failed = self.pilot_counts.get(pilot[0], (0, 0))
+        self.pilot_counts[pilot[0]] = (done_ok + ok, done_failed + len(outcomes) - ok)
         outbox.append((identity, {"op": "acked", "ids": [[o["id"], o.get("attempt")] for o in outcomes]}))
         self.stats["results"] += len(outcomes)
         self._want(identity, pilot, msg.get("want"))
@@ -366,8 +390,19 @@ class Dispatcher:
             for client, results in (control.get("notify") or {}).items():
                 notify[client].extend(results)
 
+    def _cache_payloads(self, payloads: dict[int, bytes]) -> None:
+        """Keep recent function buffers in memory so dispatch need not read them back."""
+        size = sum(len(b) for b in payloads.values())
+        if self.payload_bytes + size > _PAYLOAD_CACHE_BYTES:
+            self.payloads.clear()
+            self.payload_bytes = 0
+        self.payloads.update(payloads)
+        self.payload_bytes += size
+
     def _sweep(self, conn, now: float, notify) -> None:
         self._next_sweep = now + min(self.heartbeat_interval, 5.0)
+        pilots.count_done(conn, self.pilot_counts)
+        self.pilot_counts = {}
         # Periodically look again at every queue: a request filtered by size may have left work.
         self.maybe_ready = set(self.broker.queues)
         lost, done = watchdog.sweep(conn, now, self.heartbeat_timeout)
@@ -399,6 +434,7 @@ class Dispatcher:
                 cores=want.cores,
                 memory_mb=want.memory_mb,
                 now=now,
+                payload_cache=self.payloads,
             )
             if len(jobs) < want.n:
                 self.maybe_ready.discard(want.queue)

@@ -13,9 +13,13 @@ from sqlalchemy import Connection, insert, select
 
 from pandaflow.server import schema as s
 from pandaflow.server.broker import Broker, BrokerageError
+from pandaflow.server.statements import ids_param
 from pandaflow.server.states import READY
 
 MAX_ATTEMPTS_DEFAULT = 3
+_SELECT_UIDS = select(s.jobs.c.uid, s.jobs.c.id).where(s.jobs.c.uid.in_(ids_param()))
+_INSERT_JOBS = insert(s.jobs).returning(s.jobs.c.id, sort_by_parameter_order=True)
+_INSERT_PAYLOADS = insert(s.job_payloads)
 _KINDS = ("python", "shell")
 _INT_FIELDS = ("cores", "memory_mb", "disk_mb", "priority", "max_attempts")
 _KNOWN_FIELDS = frozenset(
@@ -40,6 +44,7 @@ class Submitted:
     duplicates: list[str] = field(default_factory=list)  # uids stored earlier (idempotent resend)
     ids: dict[str, int] = field(default_factory=dict)  # uid -> job id
     queues: set[str] = field(default_factory=set)  # queues that received ready jobs
+    payloads: dict[int, bytes] = field(default_factory=dict)  # job id -> function buffer stored
 
 
 def _check_job(i: int, job: Any, broker: Broker, problems: list[str]) -> dict[str, Any] | None:
@@ -192,17 +197,19 @@ def store(
     client: str | None = None,
     owner: str = "",
     now: float | None = None,
+    fresh: bool = False,
 ) -> Submitted:
-    """Insert validated jobs as ready (in the caller's transaction), skipping uids already stored."""
+    """Insert validated jobs as ready (in the caller's transaction), skipping uids already stored.
+
+    ``fresh`` promises that none of the uids was sent before (an executor's first send of a
+    batch), which saves the duplicate lookup; the unique index still guards the table.
+    """
     now = time.time() if now is None else now
     wid = book.workflow(conn, workflow, client, owner, now)
     out = Submitted(workflow_id=wid)
-    existing = {
-        row.uid: row.id
-        for row in conn.execute(
-            select(s.jobs.c.uid, s.jobs.c.id).where(s.jobs.c.uid.in_([j["uid"] for j in clean]))
-        )
-    }
+    existing: dict[str, int] = {}
+    if not fresh:
+        existing = dict(conn.execute(_SELECT_UIDS, {"ids": [j["uid"] for j in clean]}).all())
     rows = []
     payloads = []
     for job in clean:
@@ -238,7 +245,7 @@ def store(
         )
         payloads.append(job["buffer"])
     if rows:
-        result = conn.execute(insert(s.jobs).returning(s.jobs.c.id, sort_by_parameter_order=True), rows)
+        result = conn.execute(_INSERT_JOBS, rows)
         ids = [r[0] for r in result]
         blobs = []
         for job_id, row, buffer in zip(ids, rows, payloads, strict=True):
@@ -248,5 +255,6 @@ def store(
             if buffer is not None:
                 blobs.append({"job_id": job_id, "buffer": buffer})
         if blobs:
-            conn.execute(insert(s.job_payloads), blobs)
+            conn.execute(_INSERT_PAYLOADS, blobs)
+            out.payloads = {b["job_id"]: b["buffer"] for b in blobs}
     return out

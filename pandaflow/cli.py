@@ -1,0 +1,563 @@
+"""The ``pandaflow`` command: run a server or pilots, and follow and control the work.
+
+Read commands talk to a running server over REST (``--server``), or read a database directly
+(``--db``) with the same queries the server uses, so no server is needed to look at one.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import os
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import click
+
+from pandaflow import config as pf_config
+from pandaflow import tables
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+    )
+
+
+@dataclass
+class _Settings:
+    """Where the read and control commands get their data (from the group's options)."""
+
+    server_url: str | None
+    token: str | None
+    db_url: str | None
+    as_json: bool
+
+
+@click.group()
+@click.version_option(package_name="pandaflow")
+@click.option(
+    "--server",
+    "server_url",
+    default=None,
+    envvar="PANDAFLOW_SERVER",
+    show_envvar=True,
+    help="Server REST URL (default: the server last started on this machine).",
+)
+@click.option(
+    "--token", default=None, help="Server token (default: $PANDAFLOW_TOKEN or $PANDAFLOW_HOME/token)."
+)
+@click.option(
+    "--db",
+    "db_url",
+    default=None,
+    help="Read this database directly (URL or SQLite file) instead of asking a server.",
+)
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the JSON the REST API returns instead of tables."
+)
+@click.pass_context
+def main(
+    ctx: click.Context, server_url: str | None, token: str | None, db_url: str | None, as_json: bool
+) -> None:
+    """pandaflow: job server, pilots and parsl executor."""
+    ctx.obj = _Settings(server_url, token, db_url, as_json)
+
+
+@main.command()
+@click.option("--db", "db_url", default=None, help="Database URL (default: sqlite under $PANDAFLOW_HOME).")
+@click.option(
+    "--host", default="127.0.0.1", show_default=True, help="Address to bind (loopback unless told)."
+)
+@click.option("--port", default=8800, show_default=True, type=int, help="REST port (0: any free port).")
+@click.option("--zmq-port", default=None, type=int, help="ZeroMQ port (default: REST port + 1).")
+@click.option("--queues", "queues_file", default=None, type=click.Path(), help="Queue description JSON.")
+@click.option("--token-file", default=None, type=click.Path(), help="File holding the token.")
+@click.option(
+    "--heartbeat-interval",
+    default=5.0,
+    show_default=True,
+    type=float,
+    help="Seconds between pilot heartbeats.",
+)
+@click.option(
+    "--heartbeat-timeout", default=None, type=float, help="Seconds of silence before a pilot is lost."
+)
+@click.option(
+    "--info-file",
+    default=None,
+    type=click.Path(),
+    help="Where to write url/zmq/pid (default: $PANDAFLOW_HOME/server.json).",
+)
+@click.option("-v", "--verbose", is_flag=True)
+def server(db_url, host, port, zmq_port, queues_file, token_file, heartbeat_interval, heartbeat_timeout,
+           info_file, verbose) -> None:  # fmt: skip
+    """Run the job server (REST API + ZeroMQ dispatcher)."""
+    from pandaflow.server.app import Server, ServerConfig
+    from pandaflow.server.db import DatabaseError
+    from pandaflow.server.queues import QueueConfigError
+
+    _logging(verbose)
+    home = pf_config.home()
+    token = pf_config.load_token(None, token_file)
+    if token is None:
+        token = pf_config.new_token()
+        pf_config.write_private(home / "token", token)
+        click.echo(f"generated a token in {home / 'token'}", err=True)
+    if db_url is None:
+        home.mkdir(parents=True, exist_ok=True)
+        db_url = pf_config.default_db_url()
+    try:
+        cfg = ServerConfig(db_url=db_url, host=host, port=port, zmq_port=zmq_port, queues_file=queues_file,
+                           token=token, heartbeat_interval=heartbeat_interval,
+                           heartbeat_timeout=heartbeat_timeout,
+                           info_file=info_file or str(home / "server.json"))  # fmt: skip
+        srv = Server(cfg)
+    except (ValueError, QueueConfigError, DatabaseError) as exc:
+        raise click.ClickException(str(exc)) from None
+    srv.serve_forever()
+
+
+@main.command()
+@click.option(
+    "--server", "server_url", default=None, help="Server REST URL (its ZeroMQ address is asked for)."
+)
+@click.option(
+    "--zmq", "zmq_endpoint", default=None, help="Server ZeroMQ endpoint, e.g. tcp://127.0.0.1:8801."
+)
+@click.option("--queue", default="local", show_default=True)
+@click.option("--cores", default=None, type=int, help="Worker slots (default: CPU count).")
+@click.option("--memory", "memory_mb", default=None, type=int, help="Memory this pilot offers, MB.")
+@click.option("--workdir", default=".", show_default=True, type=click.Path())
+@click.option("--name", default=None, help="Pilot name (default: host-pid-random).")
+@click.option("--idle-timeout", default=0.0, type=float, help="Exit after this many idle seconds (0: never).")
+@click.option(
+    "--prefetch", default=None, type=int, help="Jobs held beyond free slots (default: one per slot)."
+)
+@click.option("--token-file", default=None, type=click.Path())
+@click.option("-v", "--verbose", is_flag=True)
+def pilot(server_url, zmq_endpoint, queue, cores, memory_mb, workdir, name, idle_timeout, prefetch,
+          token_file, verbose) -> None:  # fmt: skip
+    """Run a pilot that pulls jobs from a server and runs them."""
+    from pandaflow.pilot.agent import Pilot, PilotConfig, PilotError, discover
+
+    _logging(verbose)
+    token = pf_config.load_token(None, token_file)
+    if not token:
+        raise click.ClickException("no token: set PANDAFLOW_TOKEN or pass --token-file")
+    if zmq_endpoint is None:
+        info = pf_config.server_info()
+        server_url = server_url or (info or {}).get("url")
+        if not server_url:
+            raise click.ClickException("give --server URL (or --zmq ENDPOINT)")
+        try:
+            zmq_endpoint = discover(server_url, token)
+        except PilotError as exc:
+            raise click.ClickException(str(exc)) from None
+    try:
+        cfg = PilotConfig(zmq_endpoint=zmq_endpoint, token=token, queue=queue,
+                          cores=cores or os.cpu_count() or 1,
+                          memory_mb=memory_mb, workdir=workdir, idle_timeout=idle_timeout, prefetch=prefetch,
+                          **({"name": name} if name else {}))  # fmt: skip
+    except PilotError as exc:
+        raise click.ClickException(str(exc)) from None
+    sys.exit(Pilot(cfg).run())
+
+
+# ---------------------------------------------------------------- following and controlling the work
+
+_NEEDS_SERVER = (
+    "{action} needs a running server: it changes job states that the server's dispatcher must act on "
+    "(killing jobs on pilots, telling executors, dispatching retried jobs). Drop --db and start "
+    "`pandaflow server` (or pass --server URL)"
+)
+
+
+def _settings() -> _Settings:
+    return click.get_current_context().find_root().obj
+
+
+def _output(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Give a command its own ``--json`` too, so it may follow the command name."""
+
+    @click.option(
+        "--json", "as_json", is_flag=True, help="Print the JSON the REST API returns instead of tables."
+    )
+    @functools.wraps(fn)
+    def wrapper(*args: Any, as_json: bool, **kwargs: Any) -> Any:
+        if as_json:
+            _settings().as_json = True
+        return fn(*args, **kwargs)
+
+    return wrapper
+
+
+def _open_database(url: str):
+    """An engine on an existing pandaflow database (never creates or migrates one)."""
+    from pathlib import Path
+
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from pandaflow.server.db import DatabaseError, is_current, make_engine, sqlite_url
+
+    if "://" not in url:
+        url = sqlite_url(url)  # a bare path names a SQLite file
+    if url.startswith("sqlite:///") and url != "sqlite:///:memory:":
+        path = Path(url.split("///", 1)[1])
+        if not path.is_file():
+            # Connecting would silently create an empty file.
+            raise click.ClickException(f"no database file {path}: check --db")
+    try:
+        engine = make_engine(url)
+        current = is_current(engine)
+    except (DatabaseError, SQLAlchemyError) as exc:
+        raise click.ClickException(f"cannot open database {url}: {exc}") from None
+    if not current:
+        engine.dispose()
+        raise click.ClickException(
+            f"{url} does not hold a current pandaflow schema: start `pandaflow server --db {url}` once "
+            "to create or upgrade it"
+        )
+    return engine
+
+
+def _client():
+    from pandaflow.client import Client
+
+    st = _settings()
+    url = st.server_url or (pf_config.server_info() or {}).get("url")
+    if not url:
+        raise click.ClickException(
+            "no server known: pass --server URL or set PANDAFLOW_SERVER, start one with `pandaflow server`, "
+            "or read a database directly with --db URL"
+        )
+    token = pf_config.load_token(st.token)
+    if not token:
+        raise click.ClickException(
+            "no token: pass --token, set PANDAFLOW_TOKEN, or run where `pandaflow server` wrote "
+            f"{pf_config.home() / 'token'}"
+        )
+    return Client(url, token)
+
+
+def _remote(call: Callable[[Any], Any]) -> Any:
+    from pandaflow.client import ClientError
+
+    try:
+        return call(_client())
+    except ClientError as exc:
+        problems = "".join(f"\n  {p}" for p in exc.problems)
+        raise click.ClickException(f"{exc}{problems}") from None
+
+
+def _read(query: str, /, **kwargs: Any) -> Any:
+    """``queries.<query>`` on the ``--db`` database, else the same-named client call to the server."""
+    db_url = _settings().db_url
+    if not db_url:
+        return _remote(lambda client: getattr(client, query)(**kwargs))
+    from pandaflow.server import queries
+
+    engine = _open_database(db_url)
+    try:
+        with engine.connect() as conn:
+            return getattr(queries, query)(conn, **kwargs)
+    except (queries.NotFound, ValueError) as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+
+
+def _emit(data: Any, human: Callable[[Any], str]) -> None:
+    if _settings().as_json:
+        click.echo(json.dumps(data, indent=2))
+    else:
+        click.echo(human(data))
+
+
+def _footer(page: dict[str, Any], key: str) -> str:
+    shown, offset, total = len(page[key]), page["offset"], page["total"]
+    if not shown:
+        return f"no {key} match" if not offset else f"no {key} past offset {offset} (there are {total})"
+    text = f"{key} {offset + 1}-{offset + shown} of {total}"
+    if offset + shown < total:
+        text += f"; next page: --offset {offset + shown}"
+    return text
+
+
+def _listing(page: dict[str, Any], key: str, text: str) -> str:
+    return f"{text}\n{_footer(page, key)}" if page[key] else _footer(page, key)
+
+
+def _counts(counts: dict[str, int]) -> str:
+    return ", ".join(f"{n} {state}" for state, n in counts.items() if n) or "no jobs"
+
+
+def _error(code: int, name: str, diag: str) -> str:
+    return f"{name}: {diag}" if code else ""
+
+
+def _mb(value: float | None) -> str:
+    return tables.EMPTY if value is None else f"{value:g} MB"
+
+
+# ---------------------------------------------------------------- status, workflows, jobs
+
+
+def _queues_text(queues: list[dict[str, Any]]) -> str:
+    rows = [
+        [q["name"], q.get("status"), q.get("mode"), q.get("site"),
+         f"{q.get('min_memory_mb', 0)}-{q.get('max_memory_mb', '?')}", q.get("cores"),
+         tables.duration(q.get("max_walltime_s")) if q.get("max_walltime_s") else "unlimited",
+         q["ready_jobs"], q["dispatched_jobs"], q["running_jobs"], q["active_pilots"]]
+        for q in queues
+    ]  # fmt: skip
+    headers = ["QUEUE", "STATUS", "MODE", "SITE", "MEMORY MB", "CORES", "WALLTIME", "READY", "DISPATCHED",
+               "RUNNING", "PILOTS"]  # fmt: skip
+    return tables.table(rows, headers) if rows else "no queues"
+
+
+def _summary_text(data: dict[str, Any]) -> str:
+    pilots = ", ".join(f"{n} {state}" for state, n in data["pilots"].items())
+    head = f"workflows: {data['workflows']}   jobs: {data['n_jobs']}   pilots: {pilots}"
+    jobs = tables.table([list(data["jobs"].values())], [s.upper() for s in data["jobs"]])
+    return "\n\n".join([head, jobs, _queues_text(data["queues"])])
+
+
+@main.command()
+@_output
+def status() -> None:
+    """Jobs by state, pilots and queues at a glance."""
+    _emit(_read("summary"), _summary_text)
+
+
+def _workflows_text(page: dict[str, Any]) -> str:
+    rows = [[w["id"], w["name"], w["owner"], w["status"], w["n_jobs"], _counts(w["counts"]),
+             tables.when(w["created_at"])] for w in page["workflows"]]  # fmt: skip
+    text = tables.table(rows, ["ID", "NAME", "OWNER", "STATUS", "JOBS", "BY STATE", "CREATED"],
+                        max_width={"NAME": 30, "OWNER": 16, "BY STATE": 60})  # fmt: skip
+    return _listing(page, "workflows", text)
+
+
+def _workflow_text(w: dict[str, Any]) -> str:
+    head = tables.pairs([
+        ("workflow", f"{w['id']} {w['name']}"), ("owner", w["owner"]), ("client", w["client"]),
+        ("status", w["status"]), ("jobs", f"{w['n_jobs']} ({_counts(w['counts'])})"),
+        ("created", tables.when(w["created_at"])),
+    ])  # fmt: skip
+    rows = [[t["id"], t["name"], t["status"], t["n_jobs"], _counts(t["counts"])] for t in w["tasks"]]
+    tasks = tables.table(
+        rows, ["TASK", "NAME", "STATUS", "JOBS", "BY STATE"], max_width={"NAME": 30, "BY STATE": 60}
+    )
+    return f"{head}\n\n{tasks}" if rows else f"{head}\n\nno tasks"
+
+
+@main.command()
+@click.argument("workflow_id", type=int, required=False)
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(min=0))
+@_output
+def workflows(workflow_id: int | None, limit: int, offset: int) -> None:
+    """List workflows, newest first, or show one workflow and its tasks."""
+    if workflow_id is None:
+        _emit(_read("list_workflows", limit=limit, offset=offset), _workflows_text)
+    else:
+        _emit(_read("get_workflow", workflow_id=workflow_id), _workflow_text)
+
+
+def _jobs_text(page: dict[str, Any]) -> str:
+    rows = [
+        [j["id"], j["name"], j["task"], j["status"], j["queue"], f"{j['attempt']}/{j['max_attempts']}",
+         j["pilot_id"], tables.when(j["started_at"]), tables.duration(j["duration_s"]),
+         _error(j["error_code"], j["error_name"], j["error_diag"])]
+        for j in page["jobs"]
+    ]  # fmt: skip
+    headers = ["ID", "NAME", "TASK", "STATUS", "QUEUE", "TRY", "PILOT", "STARTED", "TIME", "ERROR"]
+    text = tables.table(rows, headers, max_width={"NAME": 30, "TASK": 20, "QUEUE": 20, "ERROR": 60})
+    return _listing(page, "jobs", text)
+
+
+@main.command()
+@click.option("--workflow", "workflow_id", type=int, help="Only jobs of this workflow id.")
+@click.option("--task", "task_id", type=int, help="Only jobs of this task id.")
+@click.option(
+    "--status", "statuses", multiple=True, help="Only jobs in this state (repeat, or comma-separate)."
+)
+@click.option("--queue", help="Only jobs of this queue.")
+@click.option("--pilot", "pilot_id", type=int, help="Only jobs (last) dispatched to this pilot id.")
+@click.option("--name", help="Only jobs whose name contains this.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(min=0))
+@_output
+def jobs(workflow_id, task_id, statuses, queue, pilot_id, name, limit, offset) -> None:
+    """List jobs ordered by id, filtered."""
+    wanted = [s.strip() for item in statuses for s in item.split(",") if s.strip()] or None
+    page = _read("list_jobs", workflow_id=workflow_id, task_id=task_id, status=wanted, queue=queue,
+                 pilot_id=pilot_id, name=name, limit=limit, offset=offset)  # fmt: skip
+    _emit(page, _jobs_text)
+
+
+def _job_text(j: dict[str, Any]) -> str:
+    shape = f"{j['cores']} cores, memory {_mb(j['memory_mb'])}, walltime {tables.duration(j['walltime_s'])}"
+    error = f"{j['error_code']} {j['error_name']}: {j['error_description']}" if j["error_code"] else None
+    result = ("exception" if j["result_is_exception"] else "stored") if j["has_result"] else None
+    head = tables.pairs([
+        ("job", f"{j['id']} {j['name']}"), ("uid", j["uid"]), ("workflow", j["workflow_id"]),
+        ("task", f"{j['task']} ({j['task_id']})"),
+        ("status", f"{j['status']} (PanDA {j['panda_status']})"),
+        ("attempt", f"{j['attempt']} of {j['max_attempts']}"),
+        ("kind", j["kind"]), ("command", j["command"]),
+        ("env", " ".join(f"{k}={v}" for k, v in (j["env"] or {}).items())),
+        ("queue", j["queue"]), ("asks", shape), ("pilot", j["pilot_id"]), ("error", error),
+        ("diagnostic", j["error_diag"]), ("exit code", j["exit_code"]),
+        ("memory used", f"rss {_mb(j['max_rss_mb'])}, pss {_mb(j['max_pss_mb'])}"),
+        ("created", tables.when(j["created_at"])), ("dispatched", tables.when(j["dispatched_at"])),
+        ("started", tables.when(j["started_at"])), ("ended", tables.when(j["ended_at"])),
+        ("duration", tables.duration(j["duration_s"])), ("result", result),
+    ])  # fmt: skip
+    parts = [head]
+    if j["attempts"]:
+        rows = [[a["attempt"], a["status"], a["pilot"] or a["pilot_id"], a["queue"],
+                 tables.when(a["started_at"]), tables.duration(a["duration_s"]), a["exit_code"],
+                 a["max_rss_mb"], _error(a["error_code"], a["error_name"], a["error_diag"]), a["has_log"]]
+                for a in j["attempts"]]  # fmt: skip
+        headers = ["TRY", "STATUS", "PILOT", "QUEUE", "STARTED", "TIME", "EXIT", "RSS MB", "ERROR", "LOG"]
+        parts.append(tables.table(rows, headers, max_width={"PILOT": 30, "ERROR": 60}))
+    if j["stdout_tail"]:
+        lines = j["stdout_tail"].rstrip("\n").splitlines()[-10:]
+        parts.append("output (last lines):\n" + "\n".join("  " + line for line in lines))
+    return "\n\n".join(parts)
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@_output
+def job(job_id: int) -> None:
+    """Show one job with its attempt history."""
+    _emit(_read("get_job", job_id=job_id), _job_text)
+
+
+@main.command()
+@click.argument("job_id", type=int)
+@click.option("--attempt", type=click.IntRange(min=1), help="Attempt number (default: the latest).")
+@_output
+def logs(job_id: int, attempt: int | None) -> None:
+    """Print the log of a job's latest (or given) attempt."""
+    found = _read("get_log", job_id=job_id, attempt=attempt)
+    if _settings().as_json:
+        click.echo(json.dumps(found, indent=2))
+    elif found["text"]:
+        click.echo(found["text"], nl=not found["text"].endswith("\n"))
+    elif not found["attempt"]:
+        click.echo(f"job {job_id} has not run yet", err=True)
+    else:
+        click.echo(f"job {job_id} attempt {found['attempt']} left no log", err=True)
+
+
+def _control_text(data: dict[str, Any]) -> str:
+    done = {"cancel": "cancelled", "retry": "sent back to the queue"}[data["action"]]
+    changed = data["changed"]
+    lines = [f"{done}: {len(changed)} job(s) {' '.join(map(str, changed))}".rstrip() if changed
+             else f"nothing to {data['action']}"]  # fmt: skip
+    lines += [f"skipped job {s['id']} ({s['status']}): {s['reason']}" for s in data["skipped"]]
+    return "\n".join(lines)
+
+
+def _control(action: str, ids: tuple[int, ...], workflow_id: int | None, extra: int = 1) -> None:
+    if _settings().db_url:
+        raise click.ClickException(_NEEDS_SERVER.format(action=action))
+    if bool(ids) == (workflow_id is not None):
+        raise click.UsageError("give job ids or --workflow W (one of the two)")
+    if action == "cancel":
+        data = _remote(lambda c: c.cancel_jobs(ids) if ids else c.cancel_workflow(workflow_id))
+    else:
+        data = _remote(lambda c: c.retry_jobs(ids, extra) if ids else c.retry_workflow(workflow_id, extra))
+    _emit(data, _control_text)
+
+
+@main.command()
+@click.argument("ids", nargs=-1, type=int)
+@click.option("--workflow", "workflow_id", type=int, help="Cancel every job of this workflow.")
+@_output
+def cancel(ids: tuple[int, ...], workflow_id: int | None) -> None:
+    """Cancel jobs (by id, or a whole workflow) that have not ended; running ones are killed."""
+    _control("cancel", ids, workflow_id)
+
+
+@main.command()
+@click.argument("ids", nargs=-1, type=int)
+@click.option(
+    "--workflow", "workflow_id", type=int, help="Retry every failed or cancelled job of this workflow."
+)
+@click.option("--extra", default=1, show_default=True, type=click.IntRange(min=1), help="Attempts to add.")
+@_output
+def retry(ids: tuple[int, ...], workflow_id: int | None, extra: int) -> None:
+    """Send failed or cancelled jobs (by id, or of a workflow) back to the queue."""
+    _control("retry", ids, workflow_id, extra)
+
+
+# ---------------------------------------------------------------- pilots, queues, errors
+
+
+def _pilots_text(page: dict[str, Any]) -> str:
+    rows = [[p["id"], p["name"], p["queue"], p["status"], p["host"], p["cores"], p["jobs_held"], p["n_done"],
+             p["n_failed"], tables.duration(p["heartbeat_age_s"]), tables.when(p["registered_at"])]
+            for p in page["pilots"]]  # fmt: skip
+    headers = ["ID", "NAME", "QUEUE", "STATUS", "HOST", "CORES", "HELD", "DONE", "FAILED", "HEARTBEAT",
+               "REGISTERED"]  # fmt: skip
+    text = tables.table(rows, headers, max_width={"NAME": 36, "HOST": 24})
+    return _listing(page, "pilots", text)
+
+
+@main.command()
+@click.option("--status", type=click.Choice(["active", "lost", "exited"]), help="Only pilots in this state.")
+@click.option("--queue", help="Only pilots of this queue.")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(min=0))
+@_output
+def pilots(status: str | None, queue: str | None, limit: int, offset: int) -> None:
+    """List pilots, newest first."""
+    _emit(_read("list_pilots", status=status, queue=queue, limit=limit, offset=offset), _pilots_text)
+
+
+@main.command()
+@_output
+def queues() -> None:
+    """List queues with their limits and live job and pilot counts."""
+    _emit(_read("list_queues"), lambda data: _queues_text(data["queues"]))
+
+
+def _errors_text(data: dict[str, Any]) -> str:
+    rows = [[e["workflow_id"], e["task"], e["error_code"], e["error_name"], e["jobs"], e["attempts"],
+             e["example_diag"]] for e in data["errors"]]  # fmt: skip
+    if not rows:
+        return "no errors"
+    headers = ["WORKFLOW", "TASK", "CODE", "NAME", "JOBS", "ATTEMPTS", "EXAMPLE"]
+    return tables.table(rows, headers, max_width={"TASK": 24, "EXAMPLE": 60})
+
+
+@main.command()
+@click.option("--workflow", "workflow_id", type=int, help="Only errors of this workflow.")
+@_output
+def errors(workflow_id: int | None) -> None:
+    """Errors grouped by task and error code, most frequent first."""
+    _emit(_read("error_summary", workflow_id=workflow_id), _errors_text)
+
+
+@main.command()
+@_output
+def errorcodes() -> None:
+    """List the error codes of failed attempts and what each means (no server needed)."""
+    from pandaflow.server.queries import error_codes
+
+    data = {"error_codes": error_codes()}
+    rows = [[e["code"], e["name"], e["retryable"], e["description"]] for e in data["error_codes"]]
+    _emit(data, lambda _: tables.table(rows, ["CODE", "NAME", "RETRIED", "DESCRIPTION"], max_width=0))
+
+
+if __name__ == "__main__":
+    main()

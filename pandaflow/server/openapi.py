@@ -1,0 +1,601 @@
+"""The OpenAPI 3.1 description of the REST API ``/api/v1`` (served at ``GET /api/v1/openapi.json``).
+
+Written as data beside :mod:`pandaflow.server.api`; a test checks that every route of the
+blueprint is described here, so the two cannot drift apart silently.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+from pandaflow.server.queries import DEFAULT_LIMIT, DERIVED_STATES, MAX_LIMIT, PILOT_STATES
+from pandaflow.server.states import ALL_STATES
+
+JSON = "application/json"
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+def _nullable(kind: str, **extra: Any) -> dict[str, Any]:
+    return {"type": [kind, "null"], **extra}
+
+
+def _obj(properties: dict[str, Any], required: list[str] | None = None, **extra: Any) -> dict[str, Any]:
+    schema: dict[str, Any] = {"type": "object", "properties": properties, **extra}
+    schema["required"] = list(properties) if required is None else required
+    return schema
+
+
+def _page(key: str, item: str) -> dict[str, Any]:
+    return _obj(
+        {
+            key: {"type": "array", "items": _ref(item)},
+            "total": {"type": "integer", "description": "items matching, over all pages"},
+            "limit": {"type": "integer"},
+            "offset": {"type": "integer"},
+        }
+    )
+
+
+TIME = _nullable("string", format="date-time", description="ISO-8601 UTC time")
+INT = {"type": "integer"}
+NINT = _nullable("integer")
+NNUM = _nullable("number")
+STR = {"type": "string"}
+NSTR = _nullable("string")
+JOB_STATE = {"type": "string", "enum": list(ALL_STATES)}
+COUNTS = _obj({state: INT for state in ALL_STATES}, description="number of jobs in each state")
+
+
+def _group(extra: dict[str, Any]) -> dict[str, Any]:
+    return _obj(
+        {
+            **extra,
+            "status": {
+                "type": "string",
+                "enum": list(DERIVED_STATES),
+                "description": "derived from the job counts: running while any job has not ended; "
+                "finished if all finished; subfinished if some finished; cancelled if all were "
+                "cancelled; failed otherwise; empty without jobs",
+            },
+            "n_jobs": INT,
+            "counts": _ref("Counts"),
+        }
+    )
+
+
+_JOB = {
+    "id": INT,
+    "uid": {"type": "string", "description": "client key; resubmitting a uid is idempotent"},
+    "name": STR,
+    "workflow_id": INT,
+    "task_id": INT,
+    "task": {"type": "string", "description": "task name"},
+    "kind": {"type": "string", "enum": ["python", "shell"]},
+    "status": JOB_STATE,
+    "panda_status": {"type": "string", "description": "the equivalent PanDA job status"},
+    "queue": NSTR,
+    "priority": INT,
+    "cores": INT,
+    "memory_mb": NINT,
+    "disk_mb": NINT,
+    "walltime_s": NNUM,
+    "attempt": {"type": "integer", "description": "dispatches so far"},
+    "max_attempts": INT,
+    "pilot_id": NINT,
+    "error_code": INT,
+    "error_name": STR,
+    "error_diag": STR,
+    "exit_code": NINT,
+    "max_rss_mb": NNUM,
+    "max_pss_mb": NNUM,
+    "created_at": TIME,
+    "updated_at": TIME,
+    "dispatched_at": TIME,
+    "started_at": TIME,
+    "ended_at": TIME,
+    "duration_s": {**NNUM, "description": "ended_at - started_at, seconds"},
+}
+
+_ATTEMPT = {
+    "attempt": INT,
+    "status": {"type": "string", "enum": ["dispatched", "running", "finished", "failed"]},
+    "pilot_id": NINT,
+    "pilot": {**NSTR, "description": "pilot name"},
+    "queue": NSTR,
+    "error_code": INT,
+    "error_name": STR,
+    "error_description": STR,
+    "error_diag": STR,
+    "exit_code": NINT,
+    "dispatched_at": TIME,
+    "started_at": TIME,
+    "ended_at": TIME,
+    "duration_s": NNUM,
+    "max_rss_mb": NNUM,
+    "max_pss_mb": NNUM,
+    "memory_samples": {
+        "type": "array",
+        "items": {"type": "array", "items": {"type": "number"}, "minItems": 3, "maxItems": 3},
+        "description": "[time, rss MB, pss MB] samples",
+    },
+    "has_log": {"type": "boolean"},
+}
+
+_JOB_SPEC = _obj(
+    {
+        "uid": {"type": "string", "description": "client key (default: generated)"},
+        "name": STR,
+        "task": {"type": "string", "description": "task the job belongs to (default: 'default')"},
+        "kind": {"type": "string", "enum": ["shell", "python"], "description": "default: shell if 'command'"},
+        "command": {"type": "string", "description": "shell command (shell jobs)"},
+        "buffer_b64": {"type": "string", "contentEncoding": "base64",
+                       "description": "parsl pack_apply_message bytes, base64 (python jobs)"},
+        "env": {"type": "object", "additionalProperties": {"type": "string"}},
+        "cores": {"type": "integer", "minimum": 1},
+        "memory_mb": {"type": "integer", "minimum": 0},
+        "disk_mb": {"type": "integer", "minimum": 0},
+        "walltime_s": {"type": "number", "exclusiveMinimum": 0},
+        "priority": INT,
+        "queue": {"type": "string", "description": "default: chosen by brokerage"},
+        "max_attempts": {"type": "integer", "minimum": 1},
+    },
+    required=[],
+    additionalProperties=False,
+)  # fmt: skip
+
+_SCHEMAS: dict[str, Any] = {
+    "Error": _obj(
+        {
+            "error": {"type": "string", "description": "what was wrong and what to do"},
+            "problems": {"type": "array", "items": STR, "description": "every refused job (submission)"},
+        },
+        required=["error"],
+    ),
+    "Counts": COUNTS,
+    "Info": _obj(
+        {"version": STR, "zmq": {**NSTR, "description": "ZeroMQ endpoint of pilots"}, "epoch": NSTR}
+    ),
+    "Workflow": _group(
+        {"id": INT, "name": STR, "owner": STR, "client": NSTR, "created_at": TIME, "updated_at": TIME}
+    ),  # fmt: skip
+    "WorkflowDetail": {
+        "allOf": [_ref("Workflow"), _obj({"tasks": {"type": "array", "items": _ref("Task")}})],
+    },
+    "Task": _group({"id": INT, "workflow_id": INT, "name": STR, "priority": INT, "created_at": TIME}),
+    "Job": _obj(_JOB),
+    "Attempt": _obj(_ATTEMPT),
+    "JobDetail": {
+        "allOf": [
+            _ref("Job"),
+            _obj(
+                {
+                    "error_description": STR,
+                    "bps_status": STR,
+                    "client": NSTR,
+                    "command": NSTR,
+                    "env": _nullable("object", additionalProperties={"type": "string"}),
+                    "stdout_tail": STR,
+                    "has_result": {"type": "boolean"},
+                    "result_is_exception": {"type": "boolean"},
+                    "attempts": {"type": "array", "items": _ref("Attempt")},
+                }
+            ),
+        ]
+    },
+    "Log": _obj(
+        {
+            "job_id": INT,
+            "attempt": INT,
+            "source": {
+                "type": "string",
+                "enum": ["log", "tail", "none"],
+                "description": "log: uploaded by the pilot; tail: stdout tail only; none: nothing",
+            },
+            "text": STR,
+        }
+    ),  # fmt: skip
+    "Pilot": _obj(
+        {
+            "id": INT,
+            "name": STR,
+            "queue": STR,
+            "status": {"type": "string", "enum": list(PILOT_STATES)},
+            "host": STR,
+            "pid": NINT,
+            "cores": INT,
+            "memory_mb": NINT,
+            "workdir": STR,
+            "version": STR,
+            "jobs_held": {"type": "integer", "description": "dispatched or running jobs on it now"},
+            "n_done": INT,
+            "n_failed": INT,
+            "registered_at": TIME,
+            "last_heartbeat_at": TIME,
+            "heartbeat_age_s": NNUM,
+            "ended_at": TIME,
+        }
+    ),
+    "Queue": _obj(
+        {
+            "name": STR,
+            "site": STR,
+            "min_memory_mb": INT,
+            "max_memory_mb": INT,
+            "cores": INT,
+            "max_walltime_s": {"type": "number"},
+            "status": {"type": "string", "enum": ["online", "offline"]},
+            "mode": {"type": "string", "enum": ["pull", "push"]},
+            "brokerage": {"type": "boolean"},
+            "description": STR,
+            "ready_jobs": INT,
+            "dispatched_jobs": INT,
+            "running_jobs": INT,
+            "active_pilots": INT,
+            "updated_at": TIME,
+        },
+        required=["name", "ready_jobs", "dispatched_jobs", "running_jobs", "active_pilots", "updated_at"],
+        additionalProperties=True,
+    ),
+    "Summary": _obj(
+        {
+            "at": TIME,
+            "workflows": INT,
+            "n_jobs": INT,
+            "jobs": _ref("Counts"),
+            "pilots": _obj({state: INT for state in PILOT_STATES}),
+            "queues": {"type": "array", "items": _ref("Queue")},
+        }
+    ),
+    "ErrorGroup": _obj(
+        {
+            "workflow_id": INT,
+            "task_id": INT,
+            "task": STR,
+            "error_code": INT,
+            "error_name": STR,
+            "description": STR,
+            "jobs": {"type": "integer", "description": "jobs whose latest attempt ended with this code"},
+            "attempts": {"type": "integer", "description": "attempts that ended with this code"},
+            "example_diag": STR,
+        }
+    ),
+    "ErrorSummary": _obj({"workflow_id": NINT, "errors": {"type": "array", "items": _ref("ErrorGroup")}}),
+    "ErrorCode": _obj({"code": INT, "name": STR, "retryable": {"type": "boolean"}, "description": STR}),
+    "ErrorCodes": _obj({"error_codes": {"type": "array", "items": _ref("ErrorCode")}}),
+    "JobSpec": _JOB_SPEC,
+    "SubmitRequest": _obj(
+        {
+            "name": {"type": "string", "minLength": 1, "description": "workflow name"},
+            "owner": STR,
+            "jobs": {"type": "array", "items": _ref("JobSpec"), "minItems": 1},
+        },
+        required=["name", "jobs"],
+        additionalProperties=False,
+    ),
+    "Submitted": _obj(
+        {
+            "workflow_id": INT,
+            "job_ids": {"type": "object", "additionalProperties": INT, "description": "uid -> job id"},
+            "duplicates": {"type": "array", "items": STR, "description": "uids stored by an earlier request"},
+        }
+    ),
+    "JobIds": _obj(
+        {
+            "ids": {"type": "array", "items": INT, "minItems": 1},
+            "extra_attempts": {"type": "integer", "minimum": 1, "description": "retry only; default 1"},
+        },
+        required=["ids"],
+        additionalProperties=False,
+    ),
+    "RetryOptions": _obj(
+        {"extra_attempts": {"type": "integer", "minimum": 1, "default": 1}},
+        required=[],
+        additionalProperties=False,
+    ),
+    "ControlResult": _obj(
+        {
+            "action": {"type": "string", "enum": ["cancel", "retry"]},
+            "changed": {"type": "array", "items": INT, "description": "ids of jobs that changed state"},
+            "skipped": {
+                "type": "array",
+                "items": _obj({"id": INT, "status": JOB_STATE, "reason": STR}),
+                "description": "jobs named but left as they were, and why",
+            },
+        }
+    ),
+    "WorkflowPage": _page("workflows", "Workflow"),
+    "TaskPage": _page("tasks", "Task"),
+    "JobPage": _page("jobs", "Job"),
+    "PilotPage": _page("pilots", "Pilot"),
+    "QueueList": _obj({"queues": {"type": "array", "items": _ref("Queue")}}),
+}
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": _ref("Error")}}}
+
+
+_RESPONSES = {
+    "BadRequest": _error("the request was refused; the message says why and what to do"),
+    "Unauthorized": _error("missing or wrong bearer token"),
+    "NotFound": _error("no such object"),
+    "InternalError": _error("a bug of the server (logged there)"),
+}
+
+
+def _ok(schema: str, description: str = "OK", status: str = "200") -> dict[str, Any]:
+    return {status: {"description": description, "content": {JSON: {"schema": _ref(schema)}}}}
+
+
+def _op(
+    summary: str,
+    op_id: str,
+    tag: str,
+    responses: dict[str, Any],
+    *,
+    params: list[dict[str, Any]] | None = None,
+    body: str | None = None,
+    body_required: bool = True,
+    not_found: bool = False,
+    description: str | None = None,
+) -> dict[str, Any]:
+    out: dict[str, Any] = {"summary": summary, "operationId": op_id, "tags": [tag]}
+    if description:
+        out["description"] = description
+    if params:
+        out["parameters"] = params
+    if body:
+        out["requestBody"] = {"required": body_required, "content": {JSON: {"schema": _ref(body)}}}
+    errors = {
+        "400": {"$ref": "#/components/responses/BadRequest"},
+        "401": {"$ref": "#/components/responses/Unauthorized"},
+        "500": {"$ref": "#/components/responses/InternalError"},
+    }
+    if not_found:
+        errors["404"] = {"$ref": "#/components/responses/NotFound"}
+    out["responses"] = {**responses, **dict(sorted(errors.items()))}
+    return out
+
+
+def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any]:
+    return {"name": name, "in": "query", "required": False, "schema": schema, "description": description}
+
+
+def _path(name: str, description: str) -> dict[str, Any]:
+    return {"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0},
+            "description": description}  # fmt: skip
+
+
+LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+               "page size")  # fmt: skip
+OFFSET = _query("offset", {"type": "integer", "minimum": 0, "default": 0}, "items to skip")
+WORKFLOW_FILTER = _query("workflow_id", {"type": "integer"}, "only this workflow")
+WORKFLOW_ID = _path("workflow_id", "workflow id")
+JOB_ID = _path("job_id", "job id")
+
+_PATHS: dict[str, Any] = {
+    "/info": {
+        "get": _op(
+            "Server version and the ZeroMQ endpoint pilots connect to", "getInfo", "server", _ok("Info")
+        )
+    },
+    "/openapi.json": {
+        "get": _op(
+            "This document",
+            "getOpenApi",
+            "server",
+            {
+                "200": {
+                    "description": "OpenAPI 3.1 document",
+                    "content": {JSON: {"schema": {"type": "object"}}},
+                }
+            },
+        )
+    },  # fmt: skip
+    "/workflows": {
+        "post": _op(
+            "Submit a workflow: all jobs are stored, or none",
+            "submitWorkflow",
+            "workflows",
+            _ok("Submitted", "stored; the jobs are ready", "201"),
+            body="SubmitRequest",
+            description="Every job is validated and brokered first; one refused job refuses the whole "
+            "request (400 with 'problems' listing each). Shell jobs give 'command'; python jobs give "
+            "'buffer_b64'.",
+        ),
+        "get": _op(
+            "List workflows, newest first",
+            "listWorkflows",
+            "workflows",
+            _ok("WorkflowPage"),
+            params=[LIMIT, OFFSET],
+        ),  # fmt: skip
+    },
+    "/workflows/{workflow_id}": {
+        "get": _op(
+            "One workflow with its tasks",
+            "getWorkflow",
+            "workflows",
+            _ok("WorkflowDetail"),
+            params=[WORKFLOW_ID],
+            not_found=True,
+        )  # fmt: skip
+    },
+    "/workflows/{workflow_id}/tasks": {
+        "get": _op(
+            "The tasks of a workflow",
+            "listWorkflowTasks",
+            "workflows",
+            _ok("TaskPage"),
+            params=[WORKFLOW_ID, LIMIT, OFFSET],
+            not_found=True,
+        )  # fmt: skip
+    },
+    "/workflows/{workflow_id}/cancel": {
+        "post": _op(
+            "Cancel every job of a workflow that has not ended",
+            "cancelWorkflow",
+            "workflows",
+            _ok("ControlResult"),
+            params=[WORKFLOW_ID],
+            not_found=True,
+        )  # fmt: skip
+    },
+    "/workflows/{workflow_id}/retry": {
+        "post": _op(
+            "Retry every failed or cancelled job of a workflow",
+            "retryWorkflow",
+            "workflows",
+            _ok("ControlResult"),
+            params=[WORKFLOW_ID],
+            body="RetryOptions",
+            body_required=False,
+            not_found=True,
+        )  # fmt: skip
+    },
+    "/tasks": {
+        "get": _op(
+            "List tasks ordered by id",
+            "listTasks",
+            "tasks",
+            _ok("TaskPage"),
+            params=[WORKFLOW_FILTER, LIMIT, OFFSET],
+        )  # fmt: skip
+    },
+    "/jobs": {
+        "get": _op(
+            "List jobs ordered by id, filtered",
+            "listJobs",
+            "jobs",
+            _ok("JobPage"),
+            params=[
+                WORKFLOW_FILTER,
+                _query("task_id", {"type": "integer"}, "only this task"),
+                _query(
+                    "status", {"type": "string"}, f"one or more of {', '.join(ALL_STATES)}, comma-separated"
+                ),
+                _query("queue", {"type": "string"}, "only this queue"),
+                _query("pilot_id", {"type": "integer"}, "only jobs (last) dispatched to this pilot"),
+                _query("name", {"type": "string"}, "substring of the job name"),
+                LIMIT,
+                OFFSET,
+            ],
+        )
+    },
+    "/jobs/{job_id}": {
+        "get": _op(
+            "One job with its attempt history",
+            "getJob",
+            "jobs",
+            _ok("JobDetail"),
+            params=[JOB_ID],
+            not_found=True,
+        )  # fmt: skip
+    },
+    "/jobs/{job_id}/log": {
+        "get": _op(
+            "The log of a job's latest attempt (or of one attempt)",
+            "getJobLog",
+            "jobs",
+            {
+                "200": {
+                    "description": "the log text; with 'Accept: application/json', a Log object",
+                    "headers": {
+                        "X-Pandaflow-Attempt": {"schema": {"type": "integer"}},
+                        "X-Pandaflow-Log-Source": {
+                            "schema": {"type": "string", "enum": ["log", "tail", "none"]}
+                        },
+                    },
+                    "content": {"text/plain": {"schema": STR}, JSON: {"schema": _ref("Log")}},
+                }
+            },
+            params=[
+                JOB_ID,
+                _query("attempt", {"type": "integer", "minimum": 1}, "attempt number (default: latest)"),
+            ],
+            not_found=True,
+        )
+    },
+    "/jobs/cancel": {
+        "post": _op(
+            "Cancel jobs by id", "cancelJobs", "jobs", _ok("ControlResult"), body="JobIds", not_found=True
+        )
+    },
+    "/jobs/retry": {
+        "post": _op(
+            "Retry failed or cancelled jobs by id",
+            "retryJobs",
+            "jobs",
+            _ok("ControlResult"),
+            body="JobIds",
+            not_found=True,
+        )  # fmt: skip
+    },
+    "/pilots": {
+        "get": _op(
+            "List pilots, newest first",
+            "listPilots",
+            "pilots",
+            _ok("PilotPage"),
+            params=[
+                _query("status", {"type": "string", "enum": list(PILOT_STATES)}, "only pilots in this state"),
+                _query("queue", {"type": "string"}, "only pilots of this queue"),
+                LIMIT,
+                OFFSET,
+            ],
+        )
+    },
+    "/queues": {
+        "get": _op("Queues with live job and pilot counts", "listQueues", "queues", _ok("QueueList"))
+    },
+    "/summary": {
+        "get": _op("Jobs by state, pilots by state and queues", "getSummary", "server", _ok("Summary"))
+    },
+    "/errors": {
+        "get": _op(
+            "Errors grouped by task and error code",
+            "getErrorSummary",
+            "jobs",
+            _ok("ErrorSummary"),
+            params=[WORKFLOW_FILTER],
+        )  # fmt: skip
+    },
+    "/errorcodes": {
+        "get": _op("Every error code with its meaning", "listErrorCodes", "server", _ok("ErrorCodes"))
+    },
+}
+
+_DOCUMENT: dict[str, Any] = {
+    "openapi": "3.1.0",
+    "info": {
+        "title": "pandaflow job server",
+        "version": "0.1.0",
+        "description": "REST API of the pandaflow job server: submit workflows of jobs, follow them, "
+        "cancel and retry them. Times are ISO-8601 UTC strings; durations are seconds. Every error "
+        "is a JSON object with an 'error' message.",
+    },
+    "servers": [{"url": "/api/v1"}],
+    "security": [{"bearerAuth": []}],
+    "tags": [{"name": t} for t in ("server", "workflows", "tasks", "jobs", "pilots", "queues")],
+    "paths": _PATHS,
+    "components": {
+        "securitySchemes": {
+            "bearerAuth": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "the server's token (PANDAFLOW_TOKEN or $PANDAFLOW_HOME/token)",
+            }
+        },
+        "schemas": _SCHEMAS,
+        "responses": _RESPONSES,
+    },
+}
+
+
+def document() -> dict[str, Any]:
+    """A fresh copy of the OpenAPI 3.1 document (callers may change it freely)."""
+    return copy.deepcopy(_DOCUMENT)
