@@ -106,7 +106,14 @@ summary="$(grep -E '^=*\s*[0-9]+ (passed|failed|error|errors|skipped|deselected)
 count() { grep -oE "[0-9]+ $1" <<<"$summary" | grep -oE '^[0-9]+' || echo 0; }
 passed=$(count passed); failed=$(count failed); skipped=$(count skipped)
 errors=$(count 'errors?'); deselected=$(count deselected)
+if [ -z "$summary" ]; then
+    # no final summary (timed out / killed): count pytest's progress letters
+    progress="$(grep -E '^[.FEsxX]+ *(\[ *[0-9]+%\])?$' "$LOG" | sed -E 's/ *\[.*$//' | tr -d '\n' || true)"
+    letters() { tr -cd "$1" <<<"$progress" | wc -c; }
+    passed=$(letters '.'); failed=$(letters 'F'); errors=$(letters 'E'); skipped=$(letters 's')
+fi
 
+[ -n "$(tail -c 1 "$LOG")" ] && echo   # finish a cut-off progress line
 status=ok
 if [ "$rc" -eq 124 ] || [ "$rc" -eq 137 ]; then
     status="TIMED OUT after ${overall}s"

@@ -6,11 +6,11 @@
 #
 # Search order:
 #   1. $PANDAFLOW_PYTHON (if set it must work; no fallback)
-#   2. python3.13, python3.12, python3 on PATH -- only if they actually run
+#   2. python3.12, python3, python3.13 on PATH -- only if they actually run
 #      and report >= 3.12 (pyenv shims are on PATH but fail unless
 #      PYENV_VERSION selects a matching version, so they are *run*, not trusted)
 #   3. pyenv installs: $(pyenv root), $PYENV_ROOT, $HOME/.pyenv
-#      versions/3.1[2-9]*, newest first
+#      versions/3.12* first, then newer ones
 #
 # This file is sourced into `set -euo pipefail` scripts: it must not exit and
 # must not trip `set -e`/`set -u`; it only defines functions/variables.
@@ -43,7 +43,7 @@ pandaflow_find_python() {
         return 1
     fi
 
-    for cand in python3.13 python3.12 python3; do
+    for cand in python3.12 python3 python3.13; do
         if command -v "$cand" >/dev/null 2>&1 && _pf_py_ok "$cand"; then
             PANDAFLOW_PY="$(_pf_py_abs "$cand")"
             export PANDAFLOW_PY
@@ -60,7 +60,7 @@ pandaflow_find_python() {
 
     for root in "${roots[@]}"; do
         [ -d "$root/versions" ] || continue
-        # newest first (version sort); skip anything that does not run
+        # 3.12 first (the Rubin lsst-* wheels target it), then newer; skip what does not run
         while IFS= read -r v; do
             [ -n "$v" ] || continue
             for bin in "$v/bin/python3" "$v"/bin/python3.1[2-9]; do
@@ -70,7 +70,8 @@ pandaflow_find_python() {
                     return 0
                 fi
             done
-        done < <(find "$root/versions" -mindepth 1 -maxdepth 1 -name '3.1[2-9]*' 2>/dev/null | sort -rV)
+        done < <(find "$root/versions" -mindepth 1 -maxdepth 1 -name '3.12*' 2>/dev/null | sort -rV
+                 find "$root/versions" -mindepth 1 -maxdepth 1 -name '3.1[3-9]*' 2>/dev/null | sort -V)
     done
 
     cat >&2 <<'EOF'

@@ -402,7 +402,8 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
                     "batch": self._batch_seq,
                     "workflow": self.workflow,
                     "owner": os.environ.get("USER", ""),
-                    "jobs": jobs, "fresh": True,
+                    "jobs": jobs,
+                    "fresh": True,
                 }
             )
 

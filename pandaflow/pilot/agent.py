@@ -149,6 +149,8 @@ class Pilot:
                 "environment check failed (error %d): %s", ErrorCode.ENV_CHECK_FAILED, "; ".join(problems)
             )
             return int(ErrorCode.ENV_CHECK_FAILED) % 256 or 1
+        # Payloads must not inherit the pilot's credential.
+        os.environ.pop("PANDAFLOW_TOKEN", None)
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
         self.runner.start()
@@ -257,10 +259,30 @@ class Pilot:
     def _start_queued(self) -> None:
         while self.queued and not self.draining:
             head = self.queued[0]
+            if head.cores > self.cfg.cores:
+                self.queued.popleft()
+                self._refuse(head, f"job needs {head.cores} cores, this pilot has {self.cfg.cores}")
+                continue
             if head.cores > self.runner.free_slots():
                 return
             self.queued.popleft()
-            self.runner.submit(head)
+            try:
+                self.runner.submit(head)
+            except ValueError as exc:  # the same job twice (a duplicate dispatch): keep the running one
+                log.warning("ignoring job %s: %s", head.job_id, exc)
+
+    def _refuse(self, payload: Payload, diag: str) -> None:
+        now = time.time()
+        outcome = Outcome(
+            job_id=payload.job_id,
+            attempt=payload.attempt,
+            ok=False,
+            error_code=int(ErrorCode.BAD_PAYLOAD),
+            error_diag=diag,
+            started_at=now,
+            ended_at=now,
+        )
+        self._report([outcome])
 
     def _report(self, outcomes: list[Outcome]) -> None:
         if not outcomes:

@@ -17,7 +17,16 @@ _J = s.jobs.c
 _UNLIMITED = 1 << 40
 _SELECT_READY = (
     select(
-        _J.id, _J.status, _J.attempt, _J.kind, _J.command, _J.env, _J.cores, _J.memory_mb, _J.walltime_s, _J.queue
+        _J.id,
+        _J.status,
+        _J.attempt,
+        _J.kind,
+        _J.command,
+        _J.env,
+        _J.cores,
+        _J.memory_mb,
+        _J.walltime_s,
+        _J.queue,
     )
     .where(
         _J.status == READY,

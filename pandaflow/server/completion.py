@@ -84,7 +84,9 @@ def record(conn: Connection, outcomes: list[dict[str, Any]], now: float) -> Comp
     if not outcomes:
         return done
     query = _SELECT_ACTIVE_LOCKED if conn.dialect.name == "postgresql" else _SELECT_ACTIVE
-    jobs = {row["id"]: dict(row) for row in conn.execute(query, {"ids": [o["id"] for o in outcomes]}).mappings()}
+    jobs = {
+        row["id"]: dict(row) for row in conn.execute(query, {"ids": [o["id"] for o in outcomes]}).mappings()
+    }
     moves: dict[str, list[dict[str, Any]]] = defaultdict(list)
     history: list[dict[str, Any]] = []
     results: list[dict[str, Any]] = []
@@ -145,7 +147,9 @@ def record(conn: Connection, outcomes: list[dict[str, Any]], now: float) -> Comp
             continue
         done.final += 1
         if o.get("result") is not None:
-            results.append({"job_id": job["id"], "result": bytes(o["result"]), "is_exception": bool(o.get("exc"))})
+            results.append(
+                {"job_id": job["id"], "result": bytes(o["result"]), "is_exception": bool(o.get("exc"))}
+            )
         if job["client"]:
             done.notify[job["client"]].append(
                 {

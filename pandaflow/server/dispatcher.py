@@ -202,7 +202,9 @@ class Dispatcher:
                 identity, message = batch[0]
                 error = f"server failed to process {message.get('op')!r}: {type(exc).__name__}: {exc}"
                 reply = {"op": "submitted", "batch": message.get("batch"), "error": error}
-                self._send(identity, reply if message.get("op") == "submit" else {"op": "error", "message": error})
+                self._send(
+                    identity, reply if message.get("op") == "submit" else {"op": "error", "message": error}
+                )
             return
         self._flush(outbox, notify)
 

@@ -17,7 +17,9 @@ _J = s.jobs.c
 
 
 @cache
-def update_jobs(columns: tuple[str, ...], guard_attempt: bool = True, guard_status: str | None = None) -> Update:
+def update_jobs(
+    columns: tuple[str, ...], guard_attempt: bool = True, guard_status: str | None = None
+) -> Update:
     """``UPDATE jobs SET <columns> WHERE id = :_id [AND attempt = :_attempt] [AND status = guard]``
     for executemany with one parameter map per job."""
     stmt = update(s.jobs).where(_J.id == bindparam("_id"))
