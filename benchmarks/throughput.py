@@ -123,7 +123,12 @@ def main() -> int:
             capture_output=True,
             text=True,
             timeout=900,
-            env=dict(os.environ, PYTHONUNBUFFERED="1"),
+            env=dict(
+                os.environ,
+                PYTHONUNBUFFERED="1",
+                # HTEX starts its interchange and workers as commands from the venv's bin
+                PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", ""),
+            ),
         )
         line = next((ln for ln in proc.stdout.splitlines() if ln.startswith("RESULT ")), None)
         if line is None:

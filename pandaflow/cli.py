@@ -94,9 +94,10 @@ def main(
     type=click.Path(),
     help="Where to write url/zmq/pid (default: $PANDAFLOW_HOME/server.json).",
 )
+@click.option("--exit-with", default=None, type=int, help="Stop when the process with this pid is gone.")
 @click.option("-v", "--verbose", is_flag=True)
 def server(db_url, host, port, zmq_port, queues_file, token_file, heartbeat_interval, heartbeat_timeout,
-           info_file, verbose) -> None:  # fmt: skip
+           info_file, exit_with, verbose) -> None:  # fmt: skip
     """Run the job server (REST API + ZeroMQ dispatcher)."""
     from pandaflow.server.app import Server, ServerConfig
     from pandaflow.server.db import DatabaseError
@@ -120,7 +121,7 @@ def server(db_url, host, port, zmq_port, queues_file, token_file, heartbeat_inte
         srv = Server(cfg)
     except (ValueError, QueueConfigError, DatabaseError) as exc:
         raise click.ClickException(str(exc)) from None
-    srv.serve_forever()
+    srv.serve_forever(exit_with=exit_with)
 
 
 @main.command()
@@ -139,10 +140,15 @@ def server(db_url, host, port, zmq_port, queues_file, token_file, heartbeat_inte
 @click.option(
     "--prefetch", default=None, type=int, help="Jobs held beyond free slots (default: one per slot)."
 )
+@click.option(
+    "--server-timeout", default=600.0, show_default=True, type=float,
+    help="Give up after this many seconds without a word from the server (0: never).",
+)
+@click.option("--exit-with", default=None, type=int, help="Exit when the process with this pid is gone.")
 @click.option("--token-file", default=None, type=click.Path())
 @click.option("-v", "--verbose", is_flag=True)
 def pilot(server_url, zmq_endpoint, queue, cores, memory_mb, workdir, name, idle_timeout, prefetch,
-          token_file, verbose) -> None:  # fmt: skip
+          server_timeout, exit_with, token_file, verbose) -> None:  # fmt: skip
     """Run a pilot that pulls jobs from a server and runs them."""
     from pandaflow.pilot.agent import Pilot, PilotConfig, PilotError, discover
 
@@ -163,6 +169,7 @@ def pilot(server_url, zmq_endpoint, queue, cores, memory_mb, workdir, name, idle
         cfg = PilotConfig(zmq_endpoint=zmq_endpoint, token=token, queue=queue,
                           cores=cores or os.cpu_count() or 1,
                           memory_mb=memory_mb, workdir=workdir, idle_timeout=idle_timeout, prefetch=prefetch,
+                          server_timeout=server_timeout, exit_with=exit_with,
                           **({"name": name} if name else {}))  # fmt: skip
     except PilotError as exc:
         raise click.ClickException(str(exc)) from None

@@ -132,3 +132,80 @@ def api(app):
 @pytest.fixture
 def workload(engine, queues) -> Workload:
     return Workload(engine, Broker(queues))
+
+
+# ---------------------------------------------------------------- real processes (integration, executors)
+
+
+class ProcessTag:
+    """Marks every process a test starts (through an environment variable they inherit) so the
+    test can list what is still alive, and its teardown can kill whatever leaked."""
+
+    VARIABLE = "PANDAFLOW_TEST_TAG"
+
+    def __init__(self, tag: str):
+        self.tag = tag
+
+    def alive(self) -> list:
+        """Processes other than this one that carry the tag (pilots, servers, workers, forkservers)."""
+        import os
+
+        import psutil
+
+        found = []
+        for proc in psutil.process_iter(["pid"]):
+            if proc.pid == os.getpid():
+                continue
+            try:
+                if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get(self.VARIABLE) == self.tag:
+                    found.append(proc)
+            except psutil.Error:
+                continue
+        return found
+
+    def kill_all(self) -> list:
+        import psutil
+
+        procs = self.alive()
+        for proc in procs:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        psutil.wait_procs(procs, timeout=10)
+        return procs
+
+
+@pytest.fixture
+def process_tag(monkeypatch) -> ProcessTag:
+    """Tag the processes this test starts; kill any of them still alive at teardown."""
+    import uuid
+
+    tag = ProcessTag(uuid.uuid4().hex)
+    monkeypatch.setenv(ProcessTag.VARIABLE, tag.tag)
+    yield tag
+    tag.kill_all()
+
+
+@pytest.fixture
+def load_parsl(tmp_path):
+    """``load_parsl(*executors, **config)`` loads a parsl Config and returns the DataFlowKernel;
+    teardown runs ``dfk.cleanup()`` (even if the test failed) and ``parsl.clear()``."""
+    import parsl
+    from parsl.config import Config
+
+    loaded = []
+
+    def load(*executors, **config):
+        config.setdefault("run_dir", str(tmp_path / "runinfo"))
+        config.setdefault("strategy", "none")
+        dfk = parsl.load(Config(executors=list(executors), **config))
+        loaded.append(dfk)
+        return dfk
+
+    yield load
+    try:
+        for dfk in loaded:
+            dfk.cleanup()
+    finally:
+        parsl.clear()

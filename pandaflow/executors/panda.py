@@ -21,7 +21,6 @@ import sys
 import threading
 import time
 import uuid
-from collections import deque
 from concurrent.futures import Future
 from typing import Any
 
@@ -119,7 +118,6 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
     max_attempts: attempts a task gets when infrastructure fails it (lost pilot, killed worker).
     db_url: database of the embedded server (default: SQLite under the run directory).
     heartbeat_interval: seconds between pilot heartbeats (embedded server).
-    batch_size: most tasks per submission message.
     """
 
     def __init__(
@@ -135,7 +133,6 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
         max_attempts: int = 3,
         db_url: str | None = None,
         heartbeat_interval: float = 2.0,
-        batch_size: int = 1000,
         storage_access: list[Any] | None = None,
         working_dir: str | None = None,
     ):
@@ -151,14 +148,12 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
         self.max_attempts = max_attempts
         self.db_url = db_url
         self.heartbeat_interval = heartbeat_interval
-        self.batch_size = batch_size
         self.storage_access = storage_access
         self.working_dir = working_dir
         self.client_id = uuid.uuid4().hex
         self._counter = 0
         self._lock = threading.Lock()
         self._futures: dict[str, Future] = {}
-        self._outgoing: deque[dict[str, Any]] = deque()
         self._unacked: dict[int, tuple[float, list[dict[str, Any]]]] = {}
         self._batch_seq = 0
         self._epoch: str | None = None
@@ -185,6 +180,15 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
             self.zmq_endpoint = discover(self.server_url, self.token)
         self.workflow = self.workflow or f"parsl {self.run_id or self.client_id[:8]}"
         self._ctx = zmq.Context.instance()
+        self._owner = os.environ.get("USER", "")
+        self._tx_lock = threading.Lock()
+        self._tx = self._ctx.socket(zmq.DEALER)
+        self._tx.setsockopt(zmq.ROUTING_ID, f"{self.client_id}.tx".encode())
+        self._tx.setsockopt(zmq.LINGER, 0)
+        self._tx.setsockopt(zmq.SNDHWM, 0)
+        self._tx.setsockopt(zmq.RECONNECT_IVL, 20)
+        self._tx.setsockopt(zmq.RECONNECT_IVL_MAX, 1000)
+        self._tx.connect(self.zmq_endpoint)
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_r, False)
         self._wake_pending = False
@@ -218,6 +222,8 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
             str(zport),
             "--heartbeat-interval",
             str(self.heartbeat_interval),
+            "--exit-with",
+            str(os.getpid()),
             "--info-file",
             os.path.join(self._home, "server.json"),
         ]
@@ -259,7 +265,7 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
         return cmd
 
     def _start_local_pilot(self, name: str) -> None:
-        self._spawn(name, self._pilot_cmd(name))
+        self._spawn(name, [*self._pilot_cmd(name), "--exit-with", str(os.getpid())])
 
     def _start_provider_pilots(self) -> None:
         token_file = os.path.join(self._home, "token")
@@ -276,6 +282,7 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
         if self._thread is not None:
             self._wake()
             self._thread.join(10)
+            self._tx.close(0)
         for name, proc in list(self._procs.items()):
             if name != "server" and proc.poll() is None:
                 proc.terminate()
@@ -325,9 +332,26 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
         fut: Future = Future()
         fut.parsl_executor_task_id = task_id  # type: ignore[attr-defined]
         self._futures[uid] = fut
-        self._outgoing.append(job)
-        self._wake()
+        # Sent from the submitting thread on a socket of its own (no hop through the I/O
+        # thread); the server acknowledges on the main socket once the job is committed.
+        with self._tx_lock:
+            self._batch_seq += 1
+            seq = self._batch_seq
+            self._unacked[seq] = (time.time(), [job])
+            self._tx.send(protocol.encode(self._submit_message(seq, [job], fresh=True)))
         return fut
+
+    def _submit_message(self, seq: int, jobs: list[dict[str, Any]], fresh: bool) -> dict[str, Any]:
+        return {
+            "tok": self.token,
+            "op": "submit",
+            "client": self.client_id,
+            "batch": seq,
+            "workflow": self.workflow,
+            "owner": self._owner,
+            "jobs": jobs,
+            "fresh": fresh,
+        }
 
     def _wake(self) -> None:
         if not self._wake_pending:
@@ -366,7 +390,6 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
                     except BlockingIOError:
                         pass
                 self._wake_pending = False
-                self._flush()
                 if sock in events:
                     self._receive()
                 now = time.time()
@@ -389,40 +412,17 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
         message["client"] = self.client_id
         self._sock.send(protocol.encode(message))
 
-    def _flush(self) -> None:
-        while self._outgoing:
-            jobs = []
-            while self._outgoing and len(jobs) < self.batch_size:
-                jobs.append(self._outgoing.popleft())
-            self._batch_seq += 1
-            self._unacked[self._batch_seq] = (time.time(), jobs)
-            self._send(
-                {
-                    "op": "submit",
-                    "batch": self._batch_seq,
-                    "workflow": self.workflow,
-                    "owner": os.environ.get("USER", ""),
-                    "jobs": jobs,
-                    "fresh": True,
-                }
-            )
-
     def _resend(self, before: float) -> None:
-        for seq, (sent, jobs) in list(self._unacked.items()):
-            if sent <= before:
+        """Send again the submissions the server has not acknowledged since ``before``."""
+        with self._tx_lock:
+            stale = [(seq, jobs) for seq, (sent, jobs) in self._unacked.items() if sent <= before]
+            for seq, jobs in stale:
                 self._unacked[seq] = (time.time(), jobs)
-                self._send(
-                    {
-                        "op": "submit",
-                        "batch": seq,
-                        "workflow": self.workflow,
-                        "owner": os.environ.get("USER", ""),
-                        "jobs": jobs,
-                    }
-                )
+                self._tx.send(protocol.encode(self._submit_message(seq, jobs, fresh=False)))
 
     def _sync(self) -> None:
-        pending_uids = {j["uid"] for _, jobs in self._unacked.values() for j in jobs}
+        with self._tx_lock:
+            pending_uids = {j["uid"] for _, jobs in self._unacked.values() for j in jobs}
         uids = [u for u in list(self._futures) if u not in pending_uids]
         for i in range(0, len(uids), 5000):
             self._send({"op": "sync", "uids": uids[i : i + 5000]})
@@ -500,7 +500,7 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
                 log.warning("embedded %s exited with %s; restarting it", name, proc.returncode)
                 cmd = self._cmds[name]
                 if name != "server":
-                    cmd = self._pilot_cmd(name)
+                    cmd = [*self._pilot_cmd(name), "--exit-with", str(os.getpid())]
                 self._spawn(name, cmd)
 
 

@@ -14,6 +14,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
+import psutil
 import zmq
 
 from pandaflow import __version__, protocol
@@ -42,6 +43,8 @@ class PilotConfig:
     workdir: str = "."
     name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
     idle_timeout: float = 0.0  # exit after this long with nothing to do (0: never)
+    server_timeout: float = 600.0  # give up after this long without a word from the server (0: never)
+    exit_with: int | None = None  # exit when this process (the one that started us) is gone
     heartbeat_interval: float = 5.0  # replaced by the server's value at registration
     prefetch: int | None = None  # jobs held beyond free slots (default: one per slot)
     sample_interval: float = 1.0
@@ -88,7 +91,7 @@ class Pilot:
         self.registered = False
         self.draining = False
         self.stopping = False
-        self.last_activity = time.time()
+        self.last_activity = self.last_heard = time.time()
         self.done = 0
         self._ctx = zmq.Context.instance()
         self.sock = self._ctx.socket(zmq.DEALER)
@@ -180,10 +183,13 @@ class Pilot:
                 if not self.registered and now >= next_register:
                     self.register()
                     next_register = now + 2.0
-                if self.registered and now >= next_beat:
-                    self.heartbeat()
-                    self._resend(now)
+                if now >= next_beat:
+                    if self.registered:
+                        self.heartbeat()
+                        self._resend(now)
                     next_beat = now + self.cfg.heartbeat_interval
+                    if self._abandoned(now):
+                        self.stopping = self.draining = True
                 if self.stopping:
                     self._drain()
                     break
@@ -202,6 +208,7 @@ class Pilot:
                 return 0
             except ValueError:
                 continue
+            self.last_heard = time.time()
             op = message.get("op")
             if op == "jobs":
                 for job in message["jobs"]:
@@ -303,6 +310,16 @@ class Pilot:
         t = time.time()
         for w in stale:
             self.unacked[(w["id"], w["attempt"])] = (t, w)
+
+    def _abandoned(self, now: float) -> bool:
+        """True when the server has been silent too long, or the process we serve is gone."""
+        if self.cfg.server_timeout and now - self.last_heard > self.cfg.server_timeout:
+            log.error("no word from the server for %.0f s: giving up", now - self.last_heard)
+            return True
+        if self.cfg.exit_with and not psutil.pid_exists(self.cfg.exit_with):
+            log.warning("process %d that started this pilot is gone: exiting", self.cfg.exit_with)
+            return True
+        return False
 
     def _idle_expired(self, now: float) -> bool:
         if not self.cfg.idle_timeout or self.queued or self.runner.running() or self.unacked:

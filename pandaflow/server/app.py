@@ -11,6 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import psutil
 from flask import Flask
 from sqlalchemy import Engine, delete, insert
 
@@ -151,14 +152,16 @@ class Server:
         self.dispatcher.stop()
         self.engine.dispose()
 
-    def serve_forever(self) -> None:
-        """Run until SIGTERM/SIGINT."""
+    def serve_forever(self, exit_with: int | None = None) -> None:
+        """Run until SIGTERM/SIGINT (or until process ``exit_with`` is gone)."""
         stop = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: stop.set())
         self.start()
         try:
             while not stop.wait(1.0):
-                pass
+                if exit_with and not psutil.pid_exists(exit_with):
+                    log.warning("process %d that started this server is gone: stopping", exit_with)
+                    break
         finally:
             self.stop()

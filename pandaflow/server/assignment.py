@@ -7,39 +7,16 @@ import json
 from collections.abc import MutableMapping
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, select
+from sqlalchemy import Connection
 
-from pandaflow.server import schema as s
-from pandaflow.server.statements import ids_param, update_jobs
+from pandaflow.server.statements import Sql, marks, update_sql
 from pandaflow.server.states import DISPATCHED, READY, transition
 
-_J = s.jobs.c
 _UNLIMITED = 1 << 40
 _SELECT_READY = (
-    select(
-        _J.id,
-        _J.status,
-        _J.attempt,
-        _J.kind,
-        _J.command,
-        _J.env,
-        _J.cores,
-        _J.memory_mb,
-        _J.walltime_s,
-        _J.queue,
-    )
-    .where(
-        _J.status == READY,
-        _J.queue == bindparam("queue"),
-        _J.cores <= bindparam("cores"),
-        _J.memory_mb.is_(None) | (_J.memory_mb <= bindparam("memory_mb")),
-    )
-    .order_by(_J.priority.desc(), _J.id)
-    .limit(bindparam("n"))
-)
-_SELECT_READY_LOCKED = _SELECT_READY.with_for_update(skip_locked=True)
-_SELECT_PAYLOADS = select(s.job_payloads.c.job_id, s.job_payloads.c.buffer).where(
-    s.job_payloads.c.job_id.in_(ids_param())
+    "SELECT id, status, attempt, kind, command, env, cores, memory_mb, walltime_s, queue FROM jobs"
+    " WHERE status='ready' AND queue=? AND cores<=? AND (memory_mb IS NULL OR memory_mb<=?)"
+    " ORDER BY priority DESC, id LIMIT ?"
 )
 
 
@@ -59,19 +36,20 @@ def assign(
     ``cores``/``memory_mb`` describe the pilot: jobs larger than it are left for another pilot.
     ``payload_cache`` holds function buffers of recent submissions, saving a read per job.
     """
+    sql = Sql(conn)
     # Several server processes may share one PostgreSQL database: each claims distinct rows.
-    query = _SELECT_READY_LOCKED if conn.dialect.name == "postgresql" else _SELECT_READY
-    params = {"queue": queue, "cores": cores or _UNLIMITED, "memory_mb": memory_mb or _UNLIMITED, "n": n}
-    picked = [dict(row) for row in conn.execute(query, params).mappings()]
+    lock = " FOR UPDATE SKIP LOCKED" if sql.pg else ""
+    picked = sql.maps(_SELECT_READY + lock, (queue, cores or _UNLIMITED, memory_mb or _UNLIMITED, n))
     if not picked:
         return []
     updates = []
+    columns: tuple[str, ...] = ()
     for job in picked:
         values = transition(job, DISPATCHED, now, pilot_id=pilot_id)
-        updates.append({"_id": job["id"], "_attempt": job["attempt"], **values})
+        columns = columns or tuple(values)
+        updates.append((*(values[c] for c in columns), job["id"], job["attempt"]))
         job["attempt"] = values["attempt"]
-    columns = tuple(k for k in updates[0] if not k.startswith("_"))
-    conn.execute(update_jobs(columns, guard_status=READY), updates)
+    sql.many(update_sql("jobs", columns, ("id", "attempt", f"status='{READY}'")), updates)
     buffers: dict[int, bytes] = {}
     missing = []
     for j in picked:
@@ -82,7 +60,12 @@ def assign(
             else:
                 buffers[j["id"]] = buffer
     if missing:
-        buffers.update(conn.execute(_SELECT_PAYLOADS, {"ids": missing}).all())
+        buffers.update(
+            (job_id, bytes(buf))
+            for job_id, buf in sql.rows(
+                f"SELECT job_id, buffer FROM job_payloads WHERE job_id IN ({marks(len(missing))})", missing
+            )
+        )
     return [
         {
             "id": j["id"],

@@ -8,11 +8,11 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select
+from sqlalchemy import Connection, select
 
 from pandaflow.pilot.errorcodes import describe, is_retryable
 from pandaflow.server import schema as s
-from pandaflow.server.statements import ids_param, update_jobs
+from pandaflow.server.statements import Sql, chunks, insert_sql, marks, update_sql
 from pandaflow.server.states import (
     ACTIVE_STATES,
     DISPATCHED,
@@ -54,23 +54,14 @@ def outcome(job_id: int, attempt: int, error_code: int, diag: str, **extra: Any)
     }
 
 
-_SELECT_ACTIVE = select(
-    _J.id,
-    _J.uid,
-    _J.status,
-    _J.attempt,
-    _J.max_attempts,
-    _J.client,
-    _J.queue,
-    _J.stdout_tail,
-    _J.pilot_id,
-    _J.dispatched_at,
-    _J.started_at,
-).where(_J.id.in_(ids_param()))
-_SELECT_ACTIVE_LOCKED = _SELECT_ACTIVE.with_for_update()
-_INSERT_ATTEMPTS = insert(s.attempts)
-_INSERT_RESULTS = insert(s.job_results)
-_INSERT_LOGS = insert(s.job_logs)
+_SELECT_ACTIVE = (
+    "SELECT id, uid, status, attempt, max_attempts, client, queue, stdout_tail, pilot_id, dispatched_at,"
+    " started_at FROM jobs WHERE id IN ({})"
+)
+_ATTEMPT_COLUMNS = (
+    "job_id", "attempt", "pilot_id", "queue", "status", "error_code", "error_diag", "exit_code",
+    "dispatched_at", "started_at", "ended_at", "max_rss_mb", "max_pss_mb", "memory_samples",
+)  # fmt: skip
 
 
 def record(conn: Connection, outcomes: list[dict[str, Any]], now: float) -> Completed:
@@ -83,14 +74,16 @@ def record(conn: Connection, outcomes: list[dict[str, Any]], now: float) -> Comp
     done = Completed()
     if not outcomes:
         return done
-    query = _SELECT_ACTIVE_LOCKED if conn.dialect.name == "postgresql" else _SELECT_ACTIVE
-    jobs = {
-        row["id"]: dict(row) for row in conn.execute(query, {"ids": [o["id"] for o in outcomes]}).mappings()
-    }
+    sql = Sql(conn)
+    ids = [o["id"] for o in outcomes]
+    jobs: dict[int, dict[str, Any]] = {}
+    for part in chunks(ids):
+        query = _SELECT_ACTIVE.format(marks(len(part))) + (" FOR UPDATE" if sql.pg else "")
+        jobs.update((row["id"], row) for row in sql.maps(query, part))
     moves: dict[str, list[dict[str, Any]]] = defaultdict(list)
-    history: list[dict[str, Any]] = []
-    results: list[dict[str, Any]] = []
-    logs: list[dict[str, Any]] = []
+    history: list[tuple] = []
+    results: list[tuple] = []
+    logs: list[tuple] = []
     for o in outcomes:
         job = jobs.get(o["id"])
         if job is None or job["status"] not in ACTIVE_STATES or job["attempt"] != o.get("attempt"):
@@ -121,35 +114,34 @@ def record(conn: Connection, outcomes: list[dict[str, Any]], now: float) -> Comp
         moves[new].append({"_id": job["id"], "_attempt": job["attempt"], **values})
         job["status"] = new
         samples = o.get("samples")
+        samples = o.get("samples")
         history.append(
-            {
-                "job_id": job["id"],
-                "attempt": job["attempt"],
-                "pilot_id": job["pilot_id"],
-                "queue": job["queue"],
-                "status": FINISHED if o.get("ok") else FAILED,
-                "error_code": code,
-                "error_diag": o.get("error_diag") or "",
-                "exit_code": o.get("exit_code"),
-                "dispatched_at": job["dispatched_at"],
-                "started_at": ctx["started_at"],
-                "ended_at": ctx["ended_at"],
-                "max_rss_mb": o.get("rss"),
-                "max_pss_mb": o.get("pss"),
-                "memory_samples": json.dumps(samples) if samples else None,
-            }
+            (
+                job["id"],
+                job["attempt"],
+                job["pilot_id"],
+                job["queue"],
+                FINISHED if o.get("ok") else FAILED,
+                code,
+                o.get("error_diag") or "",
+                o.get("exit_code"),
+                job["dispatched_at"],
+                ctx["started_at"],
+                ctx["ended_at"],
+                o.get("rss"),
+                o.get("pss"),
+                json.dumps(samples) if samples else None,
+            )
         )
         if o.get("log"):
-            logs.append({"job_id": job["id"], "attempt": job["attempt"], "log": bytes(o["log"])})
+            logs.append((job["id"], job["attempt"], bytes(o["log"])))
         if new == READY:
             done.retried += 1
             done.requeued.add(job["queue"])
             continue
         done.final += 1
         if o.get("result") is not None:
-            results.append(
-                {"job_id": job["id"], "result": bytes(o["result"]), "is_exception": bool(o.get("exc"))}
-            )
+            results.append((job["id"], bytes(o["result"]), bool(o.get("exc"))))
         if job["client"]:
             done.notify[job["client"]].append(
                 {
@@ -162,31 +154,34 @@ def record(conn: Connection, outcomes: list[dict[str, Any]], now: float) -> Comp
                 }
             )
     for rows in moves.values():
-        conn.execute(update_jobs(tuple(k for k in rows[0] if not k.startswith("_"))), rows)
-    if history:
-        conn.execute(_INSERT_ATTEMPTS, history)
-    if results:
-        conn.execute(_INSERT_RESULTS, results)
-    if logs:
-        conn.execute(_INSERT_LOGS, logs)
+        columns = tuple(k for k in rows[0] if not k.startswith("_"))
+        sql.many(
+            update_sql("jobs", columns, ("id", "attempt")),
+            [(*(r[c] for c in columns), r["_id"], r["_attempt"]) for r in rows],
+        )
+    sql.many(insert_sql("attempts", _ATTEMPT_COLUMNS), history)
+    sql.many(insert_sql("job_results", ("job_id", "result", "is_exception")), results)
+    sql.many(insert_sql("job_logs", ("job_id", "attempt", "log")), logs)
     return done
-
-
-_SELECT_TO_START = select(_J.id, _J.status, _J.attempt).where(
-    _J.id.in_(ids_param()), _J.pilot_id == bindparam("pilot_id"), _J.status == DISPATCHED
-)
 
 
 def mark_running(conn: Connection, pilot_id: int, running: dict[int, float], now: float) -> int:
     """Move jobs a pilot reports as running from dispatched to running."""
     if not running:
         return 0
+    sql = Sql(conn)
+    ids = list(running)
+    rows = sql.maps(
+        f"SELECT id, status, attempt FROM jobs WHERE id IN ({marks(len(ids))}) AND pilot_id=? AND status=?",
+        (*ids, pilot_id, DISPATCHED),
+    )
     moves = []
-    for job in conn.execute(_SELECT_TO_START, {"ids": list(running), "pilot_id": pilot_id}).mappings():
-        values = transition(dict(job), RUNNING, now, started_at=running[job["id"]])
-        moves.append({"_id": job["id"], "_attempt": job["attempt"], **values})
-    if moves:
-        conn.execute(update_jobs(tuple(k for k in moves[0] if not k.startswith("_"))), moves)
+    columns: tuple[str, ...] = ()
+    for job in rows:
+        values = transition(job, RUNNING, now, started_at=running[job["id"]])
+        columns = columns or tuple(values)
+        moves.append((*(values[c] for c in columns), job["id"], job["attempt"]))
+    sql.many(update_sql("jobs", columns, ("id", "attempt")), moves)
     return len(moves)
 
 

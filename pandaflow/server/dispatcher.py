@@ -98,6 +98,7 @@ class Dispatcher:
         self._next_sweep = time.time() + self.heartbeat_interval
         self.stats = defaultdict(int)
         self.payloads: dict[int, bytes] = {}
+        self._conn = None
         self.payload_bytes = 0
         self.pilot_counts: dict[int, tuple[int, int]] = {}
 
@@ -113,6 +114,8 @@ class Dispatcher:
             self._thread.join(10)
         self.router.close(0)
         self.control.close(0)
+        if self._conn is not None:
+            self._conn.close()
 
     def poke(self, message: dict[str, Any]) -> None:
         """Thread-safe: hand the loop a control message (new ready work, kills, notifications)."""
@@ -210,18 +213,35 @@ class Dispatcher:
 
     def _apply(self, batch, sweep: bool, outbox, notify) -> None:
         now = time.time()
-        with self.engine.begin() as conn:
-            beats: list[int] = []
-            for identity, message in batch:
-                handler = getattr(self, "_op_" + str(message.get("op")), None)
-                if handler is None:
-                    outbox.append((identity, {"op": "error", "message": f"unknown op {message.get('op')!r}"}))
-                    continue
-                handler(conn, identity, message, now, outbox, notify, beats)
-            pilots.heartbeat(conn, beats, now)
-            if sweep:
-                self._sweep(conn, now, notify)
-            self._assign(conn, now, outbox)
+        if self._conn is None or self._conn.closed:
+            # One connection for the loop's life: no pool checkout and reset on every turn.
+            self._conn = self.engine.connect()
+        conn = self._conn
+        try:
+            with conn.begin():
+                self._apply_in(conn, batch, sweep, outbox, notify, now)
+        except Exception:
+            self._conn.close()
+            self._conn = None
+            raise
+
+    def _apply_in(self, conn, batch, sweep: bool, outbox, notify, now: float) -> None:
+        beats: list[int] = []
+        submits = [item for item in batch if item[1].get("op") == "submit"]
+        if submits:
+            self._submit_all(conn, submits, now, outbox)
+        for identity, message in batch:
+            if message.get("op") == "submit":
+                continue
+            handler = getattr(self, "_op_" + str(message.get("op")), None)
+            if handler is None:
+                outbox.append((identity, {"op": "error", "message": f"unknown op {message.get('op')!r}"}))
+                continue
+            handler(conn, identity, message, now, outbox, notify, beats)
+        pilots.heartbeat(conn, beats, now)
+        if sweep:
+            self._sweep(conn, now, notify)
+        self._assign(conn, now, outbox)
 
     def _flush(self, outbox, notify) -> None:
         for identity, message in outbox:
@@ -278,38 +298,46 @@ class Dispatcher:
             known = self.pilot_of[identity] = (row[0], row[1])
         return known
 
-    def _op_submit(self, conn, identity, msg, now, outbox, notify, beats) -> None:
-        jobs = msg.get("jobs")
-        reply = {"op": "submitted", "batch": msg.get("batch")}
-        if not isinstance(jobs, list) or not jobs:
-            reply["error"] = "'jobs' must be a non-empty list"
-            outbox.append((identity, reply))
-            return
-        client = identity.decode(errors="replace")
-        clean, rejected = [], {}
-        for i, job in enumerate(jobs):
-            try:
-                clean.extend(submission.validate([job], self.broker))
-            except submission.SubmissionError as exc:
-                uid = job.get("uid") if isinstance(job, dict) else None
-                rejected[uid or f"jobs[{i}]"] = "; ".join(exc.problems).replace("jobs[0]", f"jobs[{i}]")
-        if clean:
+    def _submit_all(self, conn, items, now: float, outbox) -> None:
+        """Store every submission of this turn, grouped per client and workflow so that many
+        small messages cost one bulk insert; each message gets its own acknowledgement."""
+        groups: dict[tuple[str, str, str, bool], list[dict[str, Any]]] = defaultdict(list)
+        for identity, msg in items:
+            # Executors send from a socket of their own and take replies on their main one.
+            client = msg.get("client")
+            if not isinstance(client, str):
+                client = identity.decode(errors="replace")
+            reply: dict[str, Any] = {"op": "submitted", "batch": msg.get("batch")}
+            outbox.append((client.encode(), reply))
+            jobs = msg.get("jobs")
+            if not isinstance(jobs, list) or not jobs:
+                reply["error"] = "'jobs' must be a non-empty list"
+                continue
+            clean, rejected = [], {}
+            for i, job in enumerate(jobs):
+                try:
+                    clean.extend(submission.validate([job], self.broker))
+                except submission.SubmissionError as exc:
+                    uid = job.get("uid") if isinstance(job, dict) else None
+                    rejected[uid or f"jobs[{i}]"] = "; ".join(exc.problems).replace("jobs[0]", f"jobs[{i}]")
+            reply["rejected"] = rejected
+            reply["accepted"] = len(clean)
+            key = (
+                client,
+                str(msg.get("workflow") or "default"),
+                str(msg.get("owner") or ""),
+                msg.get("fresh") is True,
+            )
+            groups[key].extend(clean)
+        for (client, workflow, owner, fresh), clean in groups.items():
+            if not clean:
+                continue
             stored = submission.store(
-                conn,
-                clean,
-                self.book,
-                workflow=str(msg.get("workflow") or "default"),
-                client=client,
-                owner=str(msg.get("owner") or ""),
-                now=now,
-                fresh=msg.get("fresh") is True,
+                conn, clean, self.book, workflow=workflow, client=client, owner=owner, now=now, fresh=fresh
             )
             self.maybe_ready |= stored.queues
             self._cache_payloads(stored.payloads)
-        reply["rejected"] = rejected
-        reply["accepted"] = len(clean)
-        self.stats["submitted"] += len(clean)
-        outbox.append((identity, reply))
+            self.stats["submitted"] += len(clean)
 
     def _op_results(self, conn, identity, msg, now, outbox, notify, beats) -> None:
         pilot = self._pilot(conn, identity, outbox)

@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    text,
 )
 
 metadata = MetaData(
@@ -86,7 +87,8 @@ jobs = Table(
     Column("dispatched_at", Float, nullable=True),
     Column("started_at", Float, nullable=True),
     Column("ended_at", Float, nullable=True),
-    Index("ix_jobs_dispatch", "status", "queue", "priority", "id"),
+    # Dispatch walks this index in order (priority DESC, FIFO) and stops at LIMIT.
+    Index("ix_jobs_dispatch", "status", "queue", text("priority DESC"), "id"),
     Index("ix_jobs_pilot", "pilot_id", "status"),
     Index("ix_jobs_workflow", "workflow_id", "status"),
     Index("ix_jobs_task", "task_id", "status"),

@@ -13,13 +13,15 @@ from sqlalchemy import Connection, insert, select
 
 from pandaflow.server import schema as s
 from pandaflow.server.broker import Broker, BrokerageError
-from pandaflow.server.statements import ids_param
+from pandaflow.server.statements import Sql, chunks, insert_sql, marks
 from pandaflow.server.states import READY
 
 MAX_ATTEMPTS_DEFAULT = 3
-_SELECT_UIDS = select(s.jobs.c.uid, s.jobs.c.id).where(s.jobs.c.uid.in_(ids_param()))
-_INSERT_JOBS = insert(s.jobs).returning(s.jobs.c.id, sort_by_parameter_order=True)
-_INSERT_PAYLOADS = insert(s.job_payloads)
+_JOB_COLUMNS = (
+    "uid", "workflow_id", "task_id", "name", "kind", "status", "queue", "priority", "cores", "memory_mb",
+    "disk_mb", "walltime_s", "max_attempts", "attempt", "client", "command", "env", "error_code",
+    "error_diag", "stdout_tail", "created_at", "updated_at",
+)  # fmt: skip
 _KINDS = ("python", "shell")
 _INT_FIELDS = ("cores", "memory_mb", "disk_mb", "priority", "max_attempts")
 _KNOWN_FIELDS = frozenset(
@@ -207,9 +209,12 @@ def store(
     now = time.time() if now is None else now
     wid = book.workflow(conn, workflow, client, owner, now)
     out = Submitted(workflow_id=wid)
+    sql = Sql(conn)
     existing: dict[str, int] = {}
     if not fresh:
-        existing = dict(conn.execute(_SELECT_UIDS, {"ids": [j["uid"] for j in clean]}).all())
+        uids = [j["uid"] for j in clean]
+        for part in chunks(uids):
+            existing.update(sql.rows(f"SELECT uid, id FROM jobs WHERE uid IN ({marks(len(part))})", part))
     rows = []
     payloads = []
     for job in clean:
@@ -218,43 +223,47 @@ def store(
             out.ids[job["uid"]] = existing[job["uid"]]
             continue
         rows.append(
-            {
-                "uid": job["uid"],
-                "workflow_id": wid,
-                "task_id": book.task(conn, wid, job["task"], now),
-                "name": job["name"],
-                "kind": job["kind"],
-                "status": READY,
-                "queue": job["queue"],
-                "priority": job["priority"],
-                "cores": job["cores"],
-                "memory_mb": job["memory_mb"],
-                "disk_mb": job["disk_mb"],
-                "walltime_s": job["walltime_s"],
-                "max_attempts": job["max_attempts"],
-                "attempt": 0,
-                "client": client,
-                "command": job["command"],
-                "env": job["env"],
-                "error_code": 0,
-                "error_diag": "",
-                "stdout_tail": "",
-                "created_at": now,
-                "updated_at": now,
-            }
+            (
+                job["uid"],
+                wid,
+                book.task(conn, wid, job["task"], now),
+                job["name"],
+                job["kind"],
+                READY,
+                job["queue"],
+                job["priority"],
+                job["cores"],
+                job["memory_mb"],
+                job["disk_mb"],
+                job["walltime_s"],
+                job["max_attempts"],
+                0,
+                client,
+                job["command"],
+                job["env"],
+                0,
+                "",
+                "",
+                now,
+                now,
+            )
         )
         payloads.append(job["buffer"])
-    if rows:
-        result = conn.execute(_INSERT_JOBS, rows)
-        ids = [r[0] for r in result]
-        blobs = []
-        for job_id, row, buffer in zip(ids, rows, payloads, strict=True):
-            out.ids[row["uid"]] = job_id
-            out.accepted.append(row["uid"])
-            out.queues.add(row["queue"])
-            if buffer is not None:
-                blobs.append({"job_id": job_id, "buffer": buffer})
-        if blobs:
-            conn.execute(_INSERT_PAYLOADS, blobs)
-            out.payloads = {b["job_id"]: b["buffer"] for b in blobs}
+    # Multi-row INSERT ... RETURNING, mapped back by uid (RETURNING order is not guaranteed).
+    per = max(1, 900 // len(_JOB_COLUMNS))
+    for start in range(0, len(rows), per):
+        part = rows[start : start + per]
+        flat = [v for row in part for v in row]
+        for job_id, uid in sql.rows(insert_sql("jobs", _JOB_COLUMNS, len(part), "id, uid"), flat):
+            out.ids[uid] = job_id
+    blobs = []
+    for row, buffer in zip(rows, payloads, strict=True):
+        uid = row[0]
+        out.accepted.append(uid)
+        out.queues.add(row[6])
+        if buffer is not None:
+            blobs.append((out.ids[uid], buffer))
+    if blobs:
+        sql.many(insert_sql("job_payloads", ("job_id", "buffer")), blobs)
+        out.payloads = dict(blobs)
     return out

@@ -115,7 +115,9 @@ def upgrade() -> None:
         sa.UniqueConstraint("uid", name=op.f("uq_jobs_uid")),
     )
     with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.create_index("ix_jobs_dispatch", ["status", "queue", "priority", "id"], unique=False)
+        batch_op.create_index(
+            "ix_jobs_dispatch", ["status", "queue", sa.text("priority DESC"), "id"], unique=False
+        )
         batch_op.create_index("ix_jobs_pilot", ["pilot_id", "status"], unique=False)
         batch_op.create_index("ix_jobs_task", ["task_id", "status"], unique=False)
         batch_op.create_index("ix_jobs_workflow", ["workflow_id", "status"], unique=False)
