@@ -18,7 +18,8 @@ import parsl
 from parsl import bash_app, python_app
 from parsl.config import Config
 
-from pandaflow.executors import PandaExecutor
+from pandaflow.executors import PandaExecutor, TaskFailed
+from pandaflow.pilot.errorcodes import describe
 
 
 @python_app
@@ -43,7 +44,7 @@ def flaky(i: int, marker_dir: str) -> int:
 
 
 @python_app
-def greedy(mb: int) -> int:
+def greedy(mb: int, parsl_resource_specification: dict | None = None) -> int:
     """Allocates more memory than its resource_specification allows: pandaflow kills it."""
     import time
 
@@ -102,7 +103,10 @@ def main(argv: list[str] | None = None) -> int:
             outcome["succeeded"] += 1
         except Exception as exc:
             outcome["failed"] += 1
-            errors[type(exc).__name__ + ": " + str(exc).splitlines()[0][:100]] += 1
+            if isinstance(exc, TaskFailed):
+                errors[f"TaskFailed: error {exc.error_code}: {describe(exc.error_code)}"] += 1
+            else:
+                errors[type(exc).__name__ + ": " + str(exc).splitlines()[0][:100]] += 1
     elapsed = time.time() - t0
     db_url = executor.db_url
     parsl.dfk().cleanup()
@@ -154,8 +158,6 @@ def _print_server_summary(db_url: str) -> None:
         f"server: jobs by state {by_state}; {attempts} attempts recorded; {retried} jobs retried by pandaflow"
     )
     if codes:
-        from pandaflow.pilot.errorcodes import describe
-
         for code, count in codes:
             print(f"  {count:4d} failed with error {code}: {describe(code)}")
 

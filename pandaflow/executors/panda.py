@@ -45,9 +45,11 @@ _SYNC_EVERY = 10.0
 class TaskFailed(Exception):
     """A task failed on the pandaflow side (killed for memory or time, lost pilot, ...)."""
 
-    def __init__(self, uid: str, status: str, error_code: int, diag: str):
-        super().__init__(f"pandaflow job {uid} {status} (error {error_code}): {diag}")
-        self.uid, self.status, self.error_code, self.diag = uid, status, error_code, diag
+    def __init__(self, uid: str, status: str, error_code: int, diag: str, job_id: int | None = None):
+        name = f"job {job_id}" if job_id is not None else f"task {uid}"
+        hint = f" (see `pandaflow job {job_id}`)" if job_id is not None else ""
+        super().__init__(f"pandaflow {name} {status} with error {error_code}: {diag}{hint}")
+        self.uid, self.status, self.error_code, self.diag, self.job_id = uid, status, error_code, diag, job_id
 
 
 class SubmissionRefused(TaskFailed):
@@ -486,7 +488,9 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
                         )
                 else:
                     fut.set_exception(
-                        TaskFailed(r["uid"], r["status"], r["error_code"], r.get("error_diag") or "")
+                        TaskFailed(
+                            r["uid"], r["status"], r["error_code"], r.get("error_diag") or "", r.get("id")
+                        )
                     )
             except Exception as e:
                 if not fut.done():

@@ -246,6 +246,12 @@ def _worker_main(conn: Connection, log_cap: int) -> None:
                 try:
                     data = serialize(result, buffer_threshold=_RESULT_BUFFER_THRESHOLD)
                     status = _DONE
+                    if isinstance(result, RemoteExceptionWrapper):
+                        # parsl apps catch their own exceptions (wrap_error) and return them
+                        # wrapped: that is a failed task, whatever the transport says.
+                        status = _RAISED
+                        kind = getattr(result.e_type, "__name__", result.e_type)
+                        diag = f"{kind}: {_safe_str(result.e_value)}"
                 except BaseException:
                     status = _UNSERIALIZABLE
                     data, diag = _wrap_exception(serialize, RemoteExceptionWrapper)

@@ -145,6 +145,7 @@ def record(conn: Connection, outcomes: list[dict[str, Any]], now: float) -> Comp
         if job["client"]:
             done.notify[job["client"]].append(
                 {
+                    "id": job["id"],
                     "uid": job["uid"],
                     "status": new,
                     "error_code": code,
