@@ -139,6 +139,14 @@ class Pilot:
                 "op": "heartbeat",
                 "known": known,
                 "running": {str(j): info["started_at"] for j, info in running.items()},
+                # Live view of running jobs for the monitor: output tail and memory so far.
+                "progress": {
+                    str(j): [
+                        info.get("tail") or "",
+                        round(info.get("max_rss_mb") or info.get("rss_mb") or 0.0, 1),
+                    ]
+                    for j, info in running.items()
+                },
                 "want": self.want(),
             }
         )

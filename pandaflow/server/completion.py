@@ -186,6 +186,23 @@ def mark_running(conn: Connection, pilot_id: int, running: dict[int, float], now
     return len(moves)
 
 
+def record_progress(conn: Connection, pilot_id: int, progress: dict[str, Any]) -> None:
+    """Store the output tail and memory high-water mark a pilot reports for its running jobs
+    (``{job_id: [tail, max_rss_mb]}``): logs stream to the monitor while jobs run."""
+    rows = []
+    for key, value in progress.items():
+        try:
+            tail, rss = value
+            rows.append((str(tail)[-_TAIL:], float(rss) or None, int(key), pilot_id))
+        except (TypeError, ValueError):
+            continue  # a malformed entry is dropped, not allowed to fail the turn
+    Sql(conn).many(
+        "UPDATE jobs SET stdout_tail=?, max_rss_mb=?"
+        " WHERE id=? AND pilot_id=? AND status IN ('dispatched','running')",
+        rows,
+    )
+
+
 def result_of(conn: Connection, uids: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
     """Final results for the given job uids, and the uids the server has never stored."""
     rows = (

@@ -377,6 +377,9 @@ class Dispatcher:
         beats.append(pilot_id)
         running = {int(k): float(v) for k, v in (msg.get("running") or {}).items()}
         completion.mark_running(conn, pilot_id, running, now)
+        progress = msg.get("progress")
+        if isinstance(progress, dict) and progress:
+            completion.record_progress(conn, pilot_id, progress)
         known = {int(j) for j in msg.get("known") or ()}
         grace = max(2 * self.heartbeat_interval, 5.0)
         done = watchdog.unacknowledged(conn, pilot_id, known, now - grace, now)
