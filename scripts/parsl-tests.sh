@@ -39,10 +39,17 @@ export PATH="$PYBIN:$PATH"
 PARSL_DIR="$(cd / && python -c 'import parsl, os; print(os.path.dirname(parsl.__file__))')"
 PARSL_VERSION="$(cd / && python -c 'import parsl; print(parsl.__version__)')"
 
+EXTRA=()
 if [ "$mode" = htex ]; then
     CONFIG="$PARSL_DIR/tests/configs/htex_local.py"
 else
     CONFIG="$REPO/tests/parsl_config.py"
+    # test_resource_spec.py::test_resource (marked issue_3620 upstream) asserts that only
+    # HTEX, WorkQueue and ThreadPool raise InvalidResourceSpecification for an unknown key.
+    # PandaExecutor must raise it too (its own contract, tested in
+    # tests/executors/test_panda_executor.py), so that one parsl test cannot pass for it:
+    # it is left out here rather than weakening the contract. See README.
+    EXTRA+=(--deselect "test_error_handling/test_resource_spec.py::test_resource")
 fi
 if [ ! -f "$CONFIG" ]; then
     echo "[parsl-tests] error: config $CONFIG does not exist" >&2
@@ -75,6 +82,7 @@ timeout --kill-after=60 "$overall" \
         --config "$CONFIG" \
         -c "$SCRATCH/pytest.ini" --rootdir "$PARSL_DIR/tests" \
         -k "not cleannet and not unix_filesystem_permissions_required" \
+        "${EXTRA[@]}" \
         -p no:cacheprovider -p no:randomly \
         --timeout "$per_test" \
         -q "$@" </dev/null >"$LOG" 2>&1 &

@@ -40,6 +40,8 @@ RESOURCE_KEYS = ("cores", "memory", "disk", "running_time_min", "priority", "que
 _PING_EVERY = 2.0
 _RESEND_AFTER = 10.0
 _SYNC_EVERY = 10.0
+_WINDOW = 2  # submissions in flight before new jobs wait to be batched
+_MAX_BATCH = 2000
 
 
 class TaskFailed(Exception):
@@ -157,6 +159,7 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
         self._lock = threading.Lock()
         self._futures: dict[str, Future] = {}
         self._unacked: dict[int, tuple[float, list[dict[str, Any]]]] = {}
+        self._pending: list[dict[str, Any]] = []
         self._batch_seq = 0
         self._epoch: str | None = None
         self._stop = threading.Event()
@@ -334,14 +337,22 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
         fut: Future = Future()
         fut.parsl_executor_task_id = task_id  # type: ignore[attr-defined]
         self._futures[uid] = fut
-        # Sent from the submitting thread on a socket of its own (no hop through the I/O
-        # thread); the server acknowledges on the main socket once the job is committed.
+        # Adaptive batching: with few submissions in flight the job leaves at once, from the
+        # submitting thread on a socket of its own (no hop through the I/O thread); in a burst
+        # jobs gather while the window is full and leave together when the server acknowledges.
         with self._tx_lock:
-            self._batch_seq += 1
-            seq = self._batch_seq
-            self._unacked[seq] = (time.time(), [job])
-            self._tx.send(protocol.encode(self._submit_message(seq, [job], fresh=True)))
+            self._pending.append(job)
+            if len(self._unacked) < _WINDOW:
+                self._send_pending()
         return fut
+
+    def _send_pending(self) -> None:
+        """Send the gathered jobs as one submission (the caller holds ``_tx_lock``)."""
+        while self._pending:
+            jobs, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
+            self._batch_seq += 1
+            self._unacked[self._batch_seq] = (time.time(), jobs)
+            self._tx.send(protocol.encode(self._submit_message(self._batch_seq, jobs, fresh=True)))
 
     def _submit_message(self, seq: int, jobs: list[dict[str, Any]], fresh: bool) -> dict[str, Any]:
         return {
@@ -425,6 +436,7 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
     def _sync(self) -> None:
         with self._tx_lock:
             pending_uids = {j["uid"] for _, jobs in self._unacked.values() for j in jobs}
+            pending_uids.update(j["uid"] for j in self._pending)
         uids = [u for u in list(self._futures) if u not in pending_uids]
         for i in range(0, len(uids), 5000):
             self._send({"op": "sync", "uids": uids[i : i + 5000]})
@@ -441,7 +453,10 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
             if op == "results":
                 self._resolve(message.get("results") or ())
             elif op == "submitted":
-                entry = self._unacked.pop(message.get("batch"), None)
+                with self._tx_lock:
+                    entry = self._unacked.pop(message.get("batch"), None)
+                    if self._pending and len(self._unacked) < _WINDOW:
+                        self._send_pending()
                 if entry is None:
                     continue
                 if message.get("error"):
