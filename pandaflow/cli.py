@@ -146,9 +146,10 @@ def server(db_url, host, port, zmq_port, queues_file, token_file, heartbeat_inte
 )
 @click.option("--exit-with", default=None, type=int, help="Exit when the process with this pid is gone.")
 @click.option("--token-file", default=None, type=click.Path())
+@click.option("--worker-id", default=None, type=int, help="Harvester worker this pilot runs in (set by it).")
 @click.option("-v", "--verbose", is_flag=True)
 def pilot(server_url, zmq_endpoint, queue, cores, memory_mb, workdir, name, idle_timeout, prefetch,
-          server_timeout, exit_with, token_file, verbose) -> None:  # fmt: skip
+          server_timeout, exit_with, token_file, worker_id, verbose) -> None:  # fmt: skip
     """Run a pilot that pulls jobs from a server and runs them."""
     from pandaflow.pilot.agent import Pilot, PilotConfig, PilotError, discover
 
@@ -169,7 +170,7 @@ def pilot(server_url, zmq_endpoint, queue, cores, memory_mb, workdir, name, idle
         cfg = PilotConfig(zmq_endpoint=zmq_endpoint, token=token, queue=queue,
                           cores=cores or os.cpu_count() or 1,
                           memory_mb=memory_mb, workdir=workdir, idle_timeout=idle_timeout, prefetch=prefetch,
-                          server_timeout=server_timeout, exit_with=exit_with,
+                          server_timeout=server_timeout, exit_with=exit_with, worker_id=worker_id,
                           **({"name": name} if name else {}))  # fmt: skip
     except PilotError as exc:
         raise click.ClickException(str(exc)) from None
@@ -565,6 +566,154 @@ def errorcodes() -> None:
     rows = [[e["code"], e["name"], e["retryable"], e["description"]] for e in data["error_codes"]]
     _emit(data, lambda _: tables.table(rows, ["CODE", "NAME", "RETRIED", "DESCRIPTION"], max_width=0))
 
+
+# ---------------------------------------------------------------- harvester and its workers
+
+
+def _harvest_db(db_url: str | None) -> str:
+    """The database the harvester (and ``workers``) read: given, else the local server's."""
+    url = db_url or _settings().db_url or (pf_config.server_info() or {}).get("db")
+    if not url:
+        raise click.ClickException(
+            "no database known: pass --db URL (the server's database), or run where `pandaflow server` "
+            f"wrote {pf_config.home() / 'server.json'}"
+        )
+    return url
+
+
+def _report_text(reports: dict[str, Any]) -> str:
+    if not reports:
+        return "no queue has a provider"
+    rows = [
+        [r.queue, r.ready_jobs, r.unfit_jobs, r.idle_slots, r.queued_workers, r.running_workers,
+         len(r.submitted), len(r.cancelled), r.action, "; ".join(r.errors)]
+        for r in reports.values()
+    ]  # fmt: skip
+    headers = ["QUEUE", "READY", "UNFIT", "FREE SLOTS", "QUEUED", "RUNNING", "SUBMITTED", "CANCELLED",
+               "ACTION", "ERROR"]  # fmt: skip
+    return tables.table(rows, headers, max_width={"ACTION": 60, "ERROR": 60})
+
+
+@main.command()
+@click.option("--db", "db_url", default=None, help="The server's database (default: the local server's).")
+@click.option("--server", "server_url", default=None, help="Server REST URL (asked for its ZeroMQ address).")
+@click.option("--zmq", "zmq_endpoint", default=None, help="ZeroMQ endpoint pilots connect to (skips asking).")
+@click.option(
+    "--token-file", default=None, type=click.Path(),
+    help="Token file, used as is by pilots (it must be readable where they run).",
+)  # fmt: skip
+@click.option(
+    "--workdir", default=None, type=click.Path(),
+    help="Submit scripts, pilot work dirs and token (default: $PANDAFLOW_HOME/harvester).",
+)  # fmt: skip
+@click.option("--name", default=None, help="Harvester name (default: host name); it follows its own workers.")
+@click.option(
+    "--interval", default=10.0, show_default=True, type=click.FloatRange(min=0.1), help="Seconds per cycle."
+)
+@click.option(
+    "--queues", "queues_file", default=None, type=click.Path(exists=True),
+    help="Serve these queue descriptions (default: the server's, re-read every cycle).",
+)  # fmt: skip
+@click.option("--python", "pilot_python", default=None, help="Python pilots run with (default: this one).")
+@click.option("--once", is_flag=True, help="Run one cycle, print what it did, and exit.")
+@click.option("-v", "--verbose", is_flag=True)
+def harvester(db_url, server_url, zmq_endpoint, token_file, workdir, name, interval, queues_file,
+              pilot_python, once, verbose) -> None:  # fmt: skip
+    """Keep pilots alive on every queue with a provider (Slurm, local, Kubernetes, ...)."""
+    import signal
+    import threading
+
+    from pandaflow.harvester import Harvester, HarvesterConfig
+    from pandaflow.pilot.agent import PilotError, discover
+    from pandaflow.server.queues import QueueConfigError, load_queues
+
+    _logging(verbose)
+    engine = _open_database(_harvest_db(db_url))
+    token = pf_config.load_token(_settings().token, token_file)
+    if not token:
+        raise click.ClickException("no token: pass --token-file, --token, or set PANDAFLOW_TOKEN")
+    if zmq_endpoint is None:
+        url = server_url or _settings().server_url or (pf_config.server_info() or {}).get("url")
+        if not url:
+            raise click.ClickException("give --server URL (or --zmq ENDPOINT) so pilots can find the server")
+        try:
+            zmq_endpoint = discover(url, token)
+        except PilotError as exc:
+            raise click.ClickException(str(exc)) from None
+    try:
+        queues = load_queues(queues_file) if queues_file else None
+        extra = {k: v for k, v in {"workdir": workdir, "name": name, "python": pilot_python}.items() if v}
+        cfg = HarvesterConfig(
+            zmq_endpoint=zmq_endpoint, token=token, token_file=token_file, interval=interval, queues=queues,
+            **extra,
+        )  # fmt: skip
+        harvest = Harvester(engine, cfg)
+    except (ValueError, QueueConfigError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if once:
+        reports = harvest.cycle()
+        _emit({q: vars(r) for q, r in reports.items()}, lambda _: _report_text(reports))
+        engine.dispose()
+        return
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    harvest.start()
+    try:
+        stop.wait()
+    finally:
+        harvest.stop()
+        engine.dispose()
+
+
+def _workers_text(data: dict[str, Any]) -> str:
+    parts = []
+    if data["queues"]:
+        rows = [
+            [q["queue"], q["harvester"], tables.when(q["cycle_at"]), q["ready_jobs"], q["unfit_jobs"],
+             q["idle_slots"], q["queued_workers"], q["running_workers"], q["action"], q["error"]]
+            for q in data["queues"]
+        ]  # fmt: skip
+        headers = ["QUEUE", "HARVESTER", "LAST CYCLE", "READY", "UNFIT", "FREE SLOTS", "QUEUED", "RUNNING",
+                   "ACTION", "ERROR"]  # fmt: skip
+        parts.append(tables.table(rows, headers, max_width={"ACTION": 50, "ERROR": 60}))
+    rows = [
+        [x["id"], x["queue"], x["state"], x["batch_state"], x["provider"], x["provider_job_id"],
+         x["cores"], x["pilot"], tables.when(x["submitted_at"]), tables.duration(x["age_s"]), x["error"]]
+        for x in data["workers"]
+    ]  # fmt: skip
+    headers = ["ID", "QUEUE", "STATE", "BATCH", "PROVIDER", "JOB", "CORES", "PILOT", "SUBMITTED", "AGE",
+               "ERROR"]  # fmt: skip
+    text = tables.table(rows, headers, max_width={"JOB": 24, "PILOT": 30, "ERROR": 60})
+    parts.append(_listing(data, "workers", text))
+    return "\n\n".join(parts)
+
+
+@main.command()
+@click.option("--db", "db_url", default=None, help="The server's database (default: the local server's).")
+@click.option("--queue", help="Only workers of this queue.")
+@click.option(
+    "--state", "states", multiple=True,
+    help="Only workers in this state (repeat, or comma-separate): submitted, running, finished, failed, "
+    "cancelled, missing.",
+)  # fmt: skip
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1000))
+@click.option("--offset", default=0, show_default=True, type=click.IntRange(min=0))
+@_output
+def workers(db_url, queue, states, limit, offset) -> None:
+    """List the pilot workers harvesters submitted, newest first, and each queue's harvester status."""
+    from pandaflow.harvester.workers import list_workers
+
+    wanted = [s.strip() for item in states for s in item.split(",") if s.strip()] or None
+    engine = _open_database(_harvest_db(db_url))
+    try:
+        with engine.connect() as conn:
+            data = list_workers(conn, queue=queue, state=wanted, limit=limit, offset=offset)
+    except ValueError as exc:
+        raise click.ClickException(str(exc)) from None
+    finally:
+        engine.dispose()
+    _emit(data, _workers_text)
 
 if __name__ == "__main__":
     main()

@@ -4,15 +4,18 @@
 #   1. scripts/setup.sh           build/refresh .venv (Python >= 3.12)
 #   2. scripts/postgres.sh        private PostgreSQL -> PANDAFLOW_TEST_PG_URL
 #                                 (skipped if PANDAFLOW_TEST_PG_URL is already set)
+#      scripts/slurm.sh           private single-node Slurm -> SLURM_CONF, PANDAFLOW_TEST_SLURM=1
+#                                 (skipped if PANDAFLOW_TEST_SLURM is already set)
 #   3. ruff check pandaflow tests benchmarks
 #   4. python -m pytest tests -q -p no:randomly "$@"
 #   5. scripts/parsl-tests.sh     parsl's own suite against PandaExecutor
 #
 # Every part runs even if an earlier one failed (unless setup itself failed);
 # the exit status is non-zero if any part failed, and a summary is printed.
-# With CI=true a missing PostgreSQL is a failure (postgres tests must not be
-# silently skipped); PANDAFLOW_TEST_PG_REQUIRED=1 is exported for conftest.
-# PostgreSQL is stopped at the end only if this script started it.
+# With CI=true a missing PostgreSQL or Slurm is a failure (their tests must not be
+# silently skipped); PANDAFLOW_TEST_PG_REQUIRED=1 and PANDAFLOW_TEST_SLURM_REQUIRED=1
+# are exported for the tests. PostgreSQL and Slurm are stopped at the end only if
+# this script started them.
 set -euo pipefail
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
@@ -52,11 +55,16 @@ run_part() {
 }
 
 PG_STARTED_HERE=0
+SLURM_STARTED_HERE=0
 # shellcheck disable=SC2317  # invoked via trap
 cleanup() {
     if [ "$PG_STARTED_HERE" = 1 ]; then
         banner "stopping PostgreSQL (started by this run)"
         "$REPO/scripts/postgres.sh" stop || true
+    fi
+    if [ "$SLURM_STARTED_HERE" = 1 ]; then
+        banner "stopping Slurm (started by this run)"
+        "$REPO/scripts/slurm.sh" stop || true
     fi
 }
 trap cleanup EXIT
@@ -104,6 +112,32 @@ fi
 if [ "${CI:-}" = true ]; then
     # conftest: turn "no PANDAFLOW_TEST_PG_URL" skips into failures
     export PANDAFLOW_TEST_PG_REQUIRED=1
+fi
+
+# --- 2b. Slurm (harvester tests: sbatch/squeue/scancel on a real cluster) -----
+banner "slurm"
+start=$(date +%s)
+if [ -n "${PANDAFLOW_TEST_SLURM:-}" ]; then
+    echo "using the Slurm cluster of the environment (SLURM_CONF=${SLURM_CONF:-default})"
+    export PANDAFLOW_TEST_SLURM
+    record "slurm" 0 0 "external cluster"
+else
+    slurm_rc=0
+    slurm_env="$("$REPO/scripts/slurm.sh" start)" || slurm_rc=$?
+    if [ "$slurm_rc" -eq 0 ] && [ -n "$slurm_env" ]; then
+        eval "$slurm_env"
+        [ "${PANDAFLOW_TEST_SLURM_STARTED:-0}" = 1 ] && SLURM_STARTED_HERE=1
+        echo "SLURM_CONF=$SLURM_CONF"
+        record "slurm" 0 "$(( $(date +%s) - start ))"
+    elif [ "${CI:-}" = true ]; then
+        record "slurm" 1 "$(( $(date +%s) - start ))" "no Slurm in CI: slurm tests cannot run"
+    else
+        echo "WARNING: Slurm unavailable; the Slurm harvester tests will be SKIPPED" >&2
+        SUMMARY+=("WARN  slurm unavailable (exit $slurm_rc) - slurm tests skipped (would FAIL with CI=true)")
+    fi
+fi
+if [ "${CI:-}" = true ]; then
+    export PANDAFLOW_TEST_SLURM_REQUIRED=1
 fi
 
 # --- 3. lint ------------------------------------------------------------------

@@ -49,6 +49,7 @@ class PilotConfig:
     prefetch: int | None = None  # jobs held beyond free slots (default: one per slot)
     sample_interval: float = 1.0
     min_free_disk_mb: int = 100
+    worker_id: int | None = None  # the harvester's worker this pilot runs in (sent at registration)
 
     def __post_init__(self) -> None:
         if self.cores < 1:
@@ -128,6 +129,7 @@ class Pilot:
                 "memory_mb": self.cfg.memory_mb,
                 "workdir": os.path.abspath(self.cfg.workdir),
                 "version": __version__,
+                "worker_id": self.cfg.worker_id,
             }
         )
 

@@ -38,6 +38,9 @@ class ServerConfig:
     heartbeat_interval: float = 5.0
     heartbeat_timeout: float | None = None
     info_file: str | None = None  # where to publish url/zmq/pid for clients on this machine
+    harvester: bool = False  # also run a harvester thread for the queues that name a provider
+    harvester_interval: float = 10.0  # seconds between harvester cycles
+    harvester_workdir: str | None = None  # default: harvester/ beside a SQLite file, else under home
 
     def __post_init__(self) -> None:
         if not (0 <= self.port < 65536):
@@ -111,6 +114,7 @@ class Server:
             heartbeat_timeout=cfg.heartbeat_timeout,
         )
         self.state = ServerState(self.engine, queues, broker, self.token, self.dispatcher)
+        self.harvester = self._harvester(queues) if cfg.harvester else None
         self.app = create_app(self.state)
         self._http = None
         self.url = ""
@@ -120,6 +124,8 @@ class Server:
         from waitress.server import create_server
 
         self.dispatcher.start()
+        if self.harvester is not None:
+            self.harvester.start()
         self._http = create_server(
             self.app, host=self.cfg.host, port=self.cfg.port, threads=8, ident="pandaflow"
         )
@@ -142,11 +148,32 @@ class Server:
             self.engine.url.render_as_string(hide_password=True),
         )
 
+    def _harvester(self, queues: list[Queue]):
+        from pandaflow.harvester import Harvester, HarvesterConfig
+
+        workdir = self.cfg.harvester_workdir
+        if workdir is None:
+            database = self.engine.url.database if self.engine.url.get_backend_name() == "sqlite" else None
+            on_disk = database and database != ":memory:"
+            workdir = str((Path(database).resolve().parent if on_disk else pf_config.home()) / "harvester")
+        return Harvester(
+            self.engine,
+            HarvesterConfig(
+                zmq_endpoint=self.dispatcher.endpoint,
+                token=self.token,
+                workdir=workdir,
+                interval=self.cfg.harvester_interval,
+                queues=queues,
+            ),
+        )
+
     def _fmt_host(self) -> str:
         host = self.cfg.host
         return f"[{host}]" if ":" in host else host
 
     def stop(self) -> None:
+        if self.harvester is not None:
+            self.harvester.stop()
         if self._http is not None:
             self._http.close()
         self.dispatcher.stop()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from sqlalchemy import Connection, bindparam, insert, select, update
+from sqlalchemy import Connection, bindparam, case, func, insert, select, update
 
 from pandaflow.server import schema as s
 
@@ -32,10 +32,30 @@ def register(conn: Connection, info: dict[str, Any], now: float) -> int:
     pid = conn.execute(select(_P.id).where(_P.name == name)).scalar()
     if pid is not None:
         conn.execute(update(s.pilots).where(_P.id == pid).values(values))
-        return pid
-    return conn.execute(insert(s.pilots).values(name=name, registered_at=now, **values)).inserted_primary_key[
-        0
-    ]
+    else:
+        inserted = conn.execute(insert(s.pilots).values(name=name, registered_at=now, **values))
+        pid = inserted.inserted_primary_key[0]
+    worker_id = info.get("worker_id")
+    if isinstance(worker_id, int) and not isinstance(worker_id, bool):
+        _attach_worker(conn, worker_id, pid, now)
+    return pid
+
+
+def _attach_worker(conn: Connection, worker_id: int, pilot_id: int, now: float) -> None:
+    """Link the harvester's worker to the pilot that came up in it: the worker is running (even one
+    given up as missing: it plainly is not), unless the harvester already cancelled it."""
+    w = s.workers.c
+    conn.execute(
+        update(s.workers)
+        .where(w.id == worker_id)
+        .values(
+            pilot_id=pilot_id,
+            state=case((w.state.in_(("submitted", "missing")), "running"), else_=w.state),
+            started_at=func.coalesce(w.started_at, now),
+            ended_at=case((w.state == "missing", None), else_=w.ended_at),
+            updated_at=now,
+        )
+    )
 
 
 def lookup(conn: Connection, name: str) -> tuple[int, str, str] | None:

@@ -20,15 +20,45 @@ Keys (``name`` is required, the rest have the defaults shown in :class:`Queue`):
 ``mode``            ``pull`` (pilots ask for jobs) or ``push`` (jobs assigned to workers)
 ``brokerage``       ``true``: the broker may send jobs here; ``false``: only jobs naming it
 ``description``     free text
-Unknown keys are refused (a typo must not silently change brokerage).
+
+Keys for the harvester, which keeps pilots alive on queues that name a ``provider`` (see
+``docs/queues.md`` for the whole picture; defaults in :data:`HARVESTER_KEYS`):
+
+``provider``            ``{"name": "slurm", ...}``: the provider that starts pilot workers and
+                        its constructor arguments (:mod:`pandaflow.providers`); no provider: the
+                        harvester leaves the queue alone
+``min_workers``         workers kept alive even with no work (default 0)
+``max_workers``         most workers alive at once, queued or running (default 1)
+``max_queued_workers``  most workers waiting in the batch system (default: ``max_workers``)
+``max_new_workers``     most workers submitted in one harvester cycle (default 5)
+``submit_per_minute``   most workers submitted in any 60 s, across harvester restarts (0: no limit)
+``worker_cores``        job slots of one pilot (default: ``cores``)
+``worker_memory_mb``    memory one pilot offers and asks the provider for (default:
+                        ``max_memory_mb``)
+``worker_idle_s``       idle pilots (and workers still queued while the queue has no work) are
+                        cancelled after this long, down to ``min_workers`` (0: never; default 300)
+``arrival_timeout_s``   a worker running this long without its pilot registering is cancelled
+                        and marked missing; workers waiting in a batch queue are not timed out
+                        (default 600)
+``worker_workdir``      where pilots make their work directories (default: the harvester's)
+``share``               the queue's share of its site's work, a weight (default 1)
+``preemptible``         its nodes may be taken away (spot/preemptible VMs) (default false)
+``batch_queue``         the site's name for the batch queue or partition behind it (free text)
+
+Unknown keys are refused (a typo must not silently change brokerage). Two queues of one site
+with brokerage on whose memory ranges overlap are allowed but warned about
+(:func:`overlap_warnings`): the broker then picks the tighter one, which is rarely intended.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+log = logging.getLogger(__name__)
 
 
 class QueueConfigError(ValueError):
@@ -53,6 +83,16 @@ class Queue:
     def online(self) -> bool:
         return self.status == "online"
 
+    def setting(self, key: str) -> Any:
+        """A harvester key's value (:data:`HARVESTER_KEYS`), its default when the file omits it."""
+        if key in self.extra:
+            return self.extra[key]
+        spec = HARVESTER_KEYS[key]
+        default = spec.default
+        if callable(default):
+            default = default(self)
+        return default
+
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         extra = data.pop("extra")
@@ -73,8 +113,34 @@ class Queue:
         return None
 
 
-# Keys other components (the harvester's providers) own; kept verbatim in ``extra``.
-_PASSTHROUGH = {"provider", "min_workers", "max_workers", "share", "preemptible", "batch_queue"}
+@dataclass(frozen=True, slots=True)
+class _Key:
+    """A harvester key: its JSON type, smallest value (numbers) and default."""
+
+    kind: type | tuple[type, ...]
+    minimum: float | None = None
+    default: Any = None
+
+
+_NUMBER = (int, float)
+# Keys the harvester owns; validated here, kept verbatim in ``Queue.extra``.
+HARVESTER_KEYS: dict[str, _Key] = {
+    "provider": _Key(dict),
+    "min_workers": _Key(int, 0, 0),
+    "max_workers": _Key(int, 0, 1),
+    "max_queued_workers": _Key(int, 0, lambda q: q.setting("max_workers")),
+    "max_new_workers": _Key(int, 1, 5),
+    "submit_per_minute": _Key(_NUMBER, 0, 0),
+    "worker_cores": _Key(int, 1, lambda q: q.cores),
+    "worker_memory_mb": _Key(int, 1, lambda q: q.max_memory_mb),
+    "worker_idle_s": _Key(_NUMBER, 0, 300),
+    "arrival_timeout_s": _Key(_NUMBER, 1, 600),
+    "worker_workdir": _Key(str, None, None),
+    "share": _Key(_NUMBER, 0, 1),
+    "preemptible": _Key(bool, None, False),
+    "batch_queue": _Key(str, None, ""),
+}
+_PASSTHROUGH = set(HARVESTER_KEYS)
 _FIELDS = {
     "name": str,
     "site": str,
@@ -111,7 +177,7 @@ def parse_queues(data: Any, source: str = "<queues>") -> list[Queue]:
         extra: dict[str, Any] = {}
         for key, value in entry.items():
             if key in _PASSTHROUGH:
-                extra[key] = value
+                extra[key] = _harvester_value(key, value, where)
                 continue
             expected = _FIELDS.get(key)
             if expected is None:
@@ -139,8 +205,70 @@ def parse_queues(data: Any, source: str = "<queues>") -> list[Queue]:
             )
         if queue.cores < 1:
             raise QueueConfigError(f"{where}.cores: must be at least 1")
+        _check_workers(queue, where)
         found.append(queue)
+    for warning in overlap_warnings(found, source):
+        log.warning("%s", warning)
     return found
+
+
+def _harvester_value(key: str, value: Any, where: str) -> Any:
+    spec = HARVESTER_KEYS[key]
+    if key == "provider":
+        from pandaflow.providers import ProviderConfigError, validate
+
+        try:
+            validate(value, f"{where}.provider")
+        except ProviderConfigError as exc:
+            raise QueueConfigError(str(exc)) from None
+        return value
+    if isinstance(value, bool) and spec.kind is not bool or not isinstance(value, spec.kind):
+        want = spec.kind.__name__ if isinstance(spec.kind, type) else "number"
+        raise QueueConfigError(f"{where}.{key}: expected {want}, got {value!r}")
+    if spec.minimum is not None and value < spec.minimum:
+        what = "must not be negative" if spec.minimum == 0 else f"must be at least {spec.minimum:g}"
+        raise QueueConfigError(f"{where}.{key}: {what}, got {value!r}")
+    return value
+
+
+def _check_workers(queue: Queue, where: str) -> None:
+    """Limits that contradict each other, with the defaults of the keys the file leaves out."""
+    low, high = queue.setting("min_workers"), queue.setting("max_workers")
+    if low > high:
+        raise QueueConfigError(f"{where}: min_workers ({low}) is above max_workers ({high})")
+    if queue.setting("max_queued_workers") > high:
+        raise QueueConfigError(
+            f"{where}.max_queued_workers: {queue.setting('max_queued_workers')} is above max_workers ({high})"
+        )
+    if queue.setting("worker_cores") < queue.cores:
+        raise QueueConfigError(
+            f"{where}.worker_cores: {queue.setting('worker_cores')} is below cores ({queue.cores}): "
+            "the largest jobs of the queue could never run on its pilots"
+        )
+    if "provider" not in queue.extra:
+        managed = [k for k in ("min_workers", "max_workers") if k in queue.extra]
+        if managed:
+            raise QueueConfigError(
+                f"{where}.{managed[0]}: the queue has no 'provider', so no harvester submits workers "
+                "for it; add a provider block or remove the key"
+            )
+
+
+def overlap_warnings(queues: list[Queue], source: str = "<queues>") -> list[str]:
+    """Pairs of brokerage-on queues of one site whose memory ranges overlap (each a message)."""
+    warnings = []
+    candidates = [q for q in queues if q.brokerage]
+    for i, a in enumerate(candidates):
+        for b in candidates[i + 1 :]:
+            # Ranges are (min, max]: 0-4096 and 4096-8192 touch but do not overlap.
+            if a.site == b.site and a.min_memory_mb < b.max_memory_mb and b.min_memory_mb < a.max_memory_mb:
+                warnings.append(
+                    f"{source}: queues {a.name!r} ({a.min_memory_mb}-{a.max_memory_mb} MB) and {b.name!r} "
+                    f"({b.min_memory_mb}-{b.max_memory_mb} MB) of site {a.site!r} both have brokerage on "
+                    "and overlapping memory ranges; the broker sends jobs that fit both to the one with "
+                    "the smaller maximum. Turn brokerage off on one, or make the ranges disjoint"
+                )
+    return warnings
 
 
 def load_queues(path: str | Path) -> list[Queue]:

@@ -166,3 +166,48 @@ queues = Table(
     Column("description", Text, nullable=False),  # validated JSON description
     Column("updated_at", Float, nullable=False),
 )
+
+# ---------------------------------------------------------------- harvester (migration 0002)
+
+workers = Table(
+    "workers",
+    metadata,
+    Column("id", Integer, primary_key=True),  # the pilot's --worker-id
+    Column("queue", String(128), nullable=False),
+    Column("harvester", String(128), nullable=False, default=""),  # the harvester that follows it
+    Column("provider", String(32), nullable=False),  # provider name of the queue's block
+    Column("provider_job_id", String(128), nullable=True),  # None until the provider accepted it
+    Column("provider_data", Text, nullable=True),  # JSON: what a restarted harvester needs to follow it
+    # submitted | running | finished | failed | cancelled | missing (see pandaflow.harvester.workers)
+    Column("state", String(16), nullable=False),
+    Column("batch_state", String(16), nullable=True),  # the provider's last word (parsl JobState name)
+    Column("cores", Integer, nullable=False, default=1),
+    Column("memory_mb", Integer, nullable=True),
+    Column("pilot_id", Integer, ForeignKey("pilots.id"), nullable=True),  # set when its pilot registers
+    Column("error", Text, nullable=False, default=""),
+    Column("submitted_at", Float, nullable=False),
+    Column("started_at", Float, nullable=True),
+    Column("ended_at", Float, nullable=True),
+    Column("updated_at", Float, nullable=False),
+    Index("ix_workers_queue_state", "queue", "state"),
+    Index("ix_workers_queue_submitted", "queue", "submitted_at"),  # submission rate limits
+    Index("ix_workers_state_harvester", "state", "harvester"),
+    Index("ix_workers_pilot", "pilot_id"),
+)
+
+harvester_queues = Table(
+    "harvester_queues",
+    metadata,
+    Column("queue", String(128), primary_key=True),
+    Column("harvester", String(128), primary_key=True),
+    Column("cycle_at", Float, nullable=False),  # end of the last cycle that looked at the queue
+    Column("ready_jobs", Integer, nullable=False, default=0),  # ready jobs the queue's pilots can take
+    Column("ready_cores", Integer, nullable=False, default=0),
+    Column("unfit_jobs", Integer, nullable=False, default=0),  # ready jobs larger than its pilots
+    Column("idle_slots", Integer, nullable=False, default=0),  # free slots of pilots and queued workers
+    Column("queued_workers", Integer, nullable=False, default=0),
+    Column("running_workers", Integer, nullable=False, default=0),
+    Column("action", Text, nullable=False, default=""),  # what the last cycle did, and why
+    Column("error", Text, nullable=False, default=""),  # the last provider failure ("" once it works)
+    Column("error_at", Float, nullable=True),
+)

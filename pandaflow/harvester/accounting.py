@@ -1,0 +1,119 @@
+"""Accounting: a queue's demand (ready jobs its pilots can take) against its supply (job slots of
+active pilots not in use, plus the slots of workers that have no pilot yet).
+
+Both sides are counted in job slots (cores): a pilot of ``worker_cores`` slots runs jobs whose
+cores add up to at most that. A ready job larger than the queue's pilots (more cores than
+``worker_cores`` or more memory than ``worker_memory_mb``) is not demand, since no pilot the
+harvester could start would take it; it is counted apart (``unfit_jobs``) so it stays visible.
+
+Supply, without counting anything twice:
+
+* an active pilot of the queue offers ``cores - cores held`` (held: its dispatched and running
+  jobs), whether a harvester started it or not;
+* a live worker whose pilot has not registered yet (waiting in a batch queue, or starting)
+  offers all of ``cores``: it will soon ask for work;
+* a live worker whose pilot already left (exited, lost) offers nothing: it is on its way out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import Connection, case, func, select
+
+from pandaflow.harvester import workers as w
+from pandaflow.server import schema as s
+from pandaflow.server.pilots import ACTIVE
+from pandaflow.server.states import ACTIVE_STATES, READY
+
+_J = s.jobs.c
+_P = s.pilots.c
+
+
+@dataclass(frozen=True, slots=True)
+class PilotView:
+    """An active pilot of the queue and how much of it is in use."""
+
+    id: int
+    cores: int
+    held_cores: int  # cores of the jobs it holds (dispatched or running)
+    ended_jobs: int  # jobs it has finished or failed so far (as of the dispatcher's last sweep)
+    registered_at: float
+
+    @property
+    def idle_slots(self) -> int:
+        return max(0, self.cores - self.held_cores)
+
+
+@dataclass(slots=True)
+class Snapshot:
+    """Demand and supply of one queue at one moment."""
+
+    queue: str
+    ready_jobs: int = 0  # ready jobs the queue's pilots can take
+    ready_cores: int = 0
+    unfit_jobs: int = 0  # ready jobs larger than the queue's pilots
+    pilots: dict[int, PilotView] = field(default_factory=dict)  # active pilots by id
+    workers: list[w.Worker] = field(default_factory=list)  # live workers (every harvester's)
+
+    def serving(self, worker: w.Worker) -> bool:
+        """The worker's pilot is registered and active."""
+        return worker.pilot_id is not None and worker.pilot_id in self.pilots
+
+    def pending(self, worker: w.Worker) -> bool:
+        """The worker has no pilot yet (queued in the batch system, or starting up)."""
+        return worker.pilot_id is None
+
+    @property
+    def idle_slots(self) -> int:
+        """Slots that can take a job now or soon: free slots of pilots, slots of pending workers."""
+        return sum(p.idle_slots for p in self.pilots.values()) + sum(
+            wk.cores for wk in self.workers if self.pending(wk)
+        )
+
+    @property
+    def queued_workers(self) -> int:
+        """Live workers waiting in the provider (not yet running)."""
+        return sum(1 for wk in self.workers if wk.state == w.SUBMITTED)
+
+    @property
+    def running_workers(self) -> int:
+        return sum(1 for wk in self.workers if wk.state == w.RUNNING)
+
+
+def snapshot(conn: Connection, queue: str, worker_cores: int, worker_memory_mb: int | None) -> Snapshot:
+    """Count demand and supply of ``queue`` for pilots of ``worker_cores`` and ``worker_memory_mb``."""
+    snap = Snapshot(queue)
+    fits = (_J.cores <= worker_cores) & (
+        _J.memory_mb.is_(None) | (_J.memory_mb <= (worker_memory_mb or 1 << 40))
+    )
+    # One pass over the queue's ready jobs (the dispatch index leads with status, queue).
+    row = conn.execute(
+        select(
+            func.count(),
+            func.coalesce(func.sum(case((fits, 1), else_=0)), 0),
+            func.coalesce(func.sum(case((fits, _J.cores), else_=0)), 0),
+        ).where(_J.status == READY, _J.queue == queue)
+    ).one()
+    total, snap.ready_jobs, snap.ready_cores = int(row[0]), int(row[1]), int(row[2])
+    snap.unfit_jobs = total - snap.ready_jobs
+    pilots = conn.execute(
+        select(_P.id, _P.cores, _P.n_done + _P.n_failed, _P.registered_at).where(
+            _P.status == ACTIVE, _P.queue == queue
+        )
+    ).all()
+    held: dict[int, int] = {}
+    if pilots:
+        held = dict(
+            conn.execute(
+                select(_J.pilot_id, func.sum(_J.cores))
+                .where(_J.pilot_id.in_([p[0] for p in pilots]), _J.status.in_(list(ACTIVE_STATES)))
+                .group_by(_J.pilot_id)
+            ).all()
+        )
+    snap.pilots = {
+        pid: PilotView(pid, cores, int(held.get(pid) or 0), int(ended or 0), registered)
+        for pid, cores, ended, registered in pilots
+    }
+    snap.workers = w.live(conn, queue=queue)
+    return snap
