@@ -30,14 +30,22 @@ def write_private(path: Path, text: str) -> None:
 
 
 def load_token(token: str | None = None, token_file: str | os.PathLike | None = None) -> str | None:
-    """A token given directly, else ``$PANDAFLOW_TOKEN``, else the file, else ``home()/token``."""
+    """The token given directly, else the file given, else ``$PANDAFLOW_TOKEN``, else ``home()/token``.
+
+    An explicit file wins over the environment: a pilot launched with ``--token-file`` must
+    use the token of the server that launched it, whatever its shell exports.
+    """
     if token:
         return token
+    if token_file:
+        try:
+            return Path(token_file).read_text().strip() or None
+        except OSError:
+            return None
     if os.environ.get("PANDAFLOW_TOKEN"):
         return os.environ["PANDAFLOW_TOKEN"]
-    path = Path(token_file) if token_file else home() / "token"
     try:
-        return path.read_text().strip() or None
+        return (home() / "token").read_text().strip() or None
     except OSError:
         return None
 

@@ -111,7 +111,7 @@ class Pilot:
     def want(self) -> dict[str, Any]:
         if self.draining:
             return {"n": 0}
-        held = len(self.queued) + len(self.runner.running())
+        held = len(self.queued) + self.runner.held()
         return {
             "n": max(0, self.cfg.cores + (self.cfg.prefetch or 0) - held),
             "cores": self.cfg.cores,
@@ -174,14 +174,13 @@ class Pilot:
         wake = self.runner.fileno_for_wakeup()
         if wake is not None:
             poller.register(wake, zmq.POLLIN)
-        next_beat = time.time() + self.cfg.heartbeat_interval
+        self.next_beat = time.time() + self.cfg.heartbeat_interval
         next_register = time.time() + 2.0
         code = 0
         try:
             while True:
-                timeout = max(
-                    0.0, min(next_beat, next_register if not self.registered else next_beat) - time.time()
-                )
+                wake_at = self.next_beat if self.registered else min(self.next_beat, next_register)
+                timeout = max(0.0, wake_at - time.time())
                 events = dict(poller.poll(int(timeout * 1000) + 1))
                 if self.sock in events:
                     code = self._receive()
@@ -193,11 +192,11 @@ class Pilot:
                 if not self.registered and now >= next_register:
                     self.register()
                     next_register = now + 2.0
-                if now >= next_beat:
+                if now >= self.next_beat:
                     if self.registered:
                         self.heartbeat()
                         self._resend(now)
-                    next_beat = now + self.cfg.heartbeat_interval
+                    self.next_beat = now + self.cfg.heartbeat_interval
                     if self._abandoned(now):
                         self.stopping = self.draining = True
                 if self.stopping:
@@ -256,6 +255,8 @@ class Pilot:
                 self.cfg.heartbeat_interval = float(
                     message.get("heartbeat_interval") or self.cfg.heartbeat_interval
                 )
+                # The server's interval rules from now on (its watchdog counts on it).
+                self.next_beat = min(self.next_beat, time.time() + self.cfg.heartbeat_interval)
                 log.info("registered as pilot %s on queue %s", message.get("pilot_id"), self.cfg.queue)
                 self._resend(float("inf"))
                 self.send({"op": "request", "want": self.want()})
@@ -280,13 +281,19 @@ class Pilot:
                 self.queued.popleft()
                 self._refuse(head, f"job needs {head.cores} cores, this pilot has {self.cfg.cores}")
                 continue
+            held = self.runner.attempt_of(head.job_id)
+            if held is not None:
+                if held >= head.attempt:  # the same attempt twice: keep the running one
+                    self.queued.popleft()
+                    continue
+                # A newer attempt of a job we still run (we were declared lost and came back):
+                # the old attempt is stale, so stop it and start the new one when its slot frees.
+                self.runner.kill(head.job_id, ErrorCode.KILLED_ON_REQUEST, "superseded by a newer attempt")
+                return
             if head.cores > self.runner.free_slots():
                 return
             self.queued.popleft()
-            try:
-                self.runner.submit(head)
-            except ValueError as exc:  # the same job twice (a duplicate dispatch): keep the running one
-                log.warning("ignoring job %s: %s", head.job_id, exc)
+            self.runner.submit(head)
 
     def _refuse(self, payload: Payload, diag: str) -> None:
         now = time.time()
@@ -332,7 +339,7 @@ class Pilot:
         return False
 
     def _idle_expired(self, now: float) -> bool:
-        if not self.cfg.idle_timeout or self.queued or self.runner.running() or self.unacked:
+        if not self.cfg.idle_timeout or self.queued or self.runner.held() or self.unacked:
             return False
         return now - self.last_activity > self.cfg.idle_timeout
 

@@ -473,6 +473,15 @@ class PayloadRunner:
             if deadline is not None and time.monotonic() >= deadline:
                 return []
 
+    def held(self) -> int:
+        """How many payloads are running (cheap: for the pilot's hot path)."""
+        return len(self._jobs)
+
+    def attempt_of(self, job_id: int) -> int | None:
+        """The attempt of ``job_id`` this runner is running, or None (cheap)."""
+        job = self._jobs.get(job_id)
+        return job.payload.attempt if job is not None else None
+
     def running(self) -> dict[int, dict[str, Any]]:
         """Running payloads for heartbeats: ``job_id -> {attempt, started_at, rss_mb, pss_mb, tail, ...}``.
 

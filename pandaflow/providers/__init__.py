@@ -64,10 +64,12 @@ def batch_shape(signature: inspect.Signature, cores: int, memory_mb: int | None)
 
 
 def kubernetes_shape(signature: inspect.Signature, cores: int, memory_mb: int | None) -> dict[str, Any]:
-    """Kubernetes pods: request and limit the worker's cores and memory."""
-    values: dict[str, Any] = {"init_cpu": cores, "max_cpu": cores}
+    """Kubernetes pods: request and limit the worker's cores and memory (pandaflow's provider takes
+    ``cpu``/``memory_mb``, parsl's ``init_cpu``/``max_cpu``/``init_mem``/``max_mem``)."""
+    values: dict[str, Any] = {"init_cpu": cores, "max_cpu": cores, "cpu": cores}
     if memory_mb:
         values["init_mem"] = values["max_mem"] = f"{memory_mb}Mi"
+        values["memory_mb"] = memory_mb
     return {k: v for k, v in values.items() if k in signature.parameters}
 
 
@@ -303,7 +305,7 @@ register(
 )
 register(
     "kubernetes",
-    "parsl.providers.kubernetes.kube:KubernetesProvider",
+    "pandaflow.providers.kubernetes:KubernetesProvider",
     shape=kubernetes_shape,
-    description="pods on a Kubernetes cluster (parsl's provider, until pandaflow's own)",
+    description="pilot Jobs or Pods on a Kubernetes cluster (GKE too), over the REST API",
 )

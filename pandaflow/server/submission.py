@@ -24,6 +24,8 @@ _JOB_COLUMNS = (
 )  # fmt: skip
 _KINDS = ("python", "shell")
 _INT_FIELDS = ("cores", "memory_mb", "disk_mb", "priority", "max_attempts")
+_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1  # the columns are 32-bit integers
+_TEXT_LIMITS = {"uid": 96, "name": 255, "task": 255, "queue": 128}  # column sizes in schema.py
 _KNOWN_FIELDS = frozenset(
     {"uid", "name", "task", "kind", "buffer", "command", "env", "walltime_s", "queue", *_INT_FIELDS}
 )
@@ -73,6 +75,14 @@ def _check_job(i: int, job: Any, broker: Broker, problems: list[str]) -> dict[st
         value = job.get(key)
         if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
             problems.append(f"{label}: {key} must be an integer, got {value!r}")
+            return None
+        if value is not None and not _INT_MIN <= value <= _INT_MAX:
+            problems.append(f"{label}: {key} must be between {_INT_MIN} and {_INT_MAX}, got {value}")
+            return None
+    for key, limit in _TEXT_LIMITS.items():
+        value = job.get(key)
+        if value is not None and (not isinstance(value, str) or len(value) > limit):
+            problems.append(f"{label}: {key} must be a string of at most {limit} characters")
             return None
     cores = 1 if job.get("cores") is None else job["cores"]
     if cores < 1:
