@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 api = Blueprint("api", __name__)
 
 MAX_IDS = 100_000  # ids in one cancel/retry request
+INT_MAX = 2**31 - 1  # ids are 32-bit integer columns
 
 
 def state():
@@ -55,6 +56,9 @@ def _authenticate():
     token = header[7:] if header.startswith("Bearer ") else ""
     if not token or not hmac.compare_digest(token.encode(), state().token.encode()):
         return jsonify(error="authentication required: send 'Authorization: Bearer <token>'"), 401
+    for key, value in (request.view_args or {}).items():
+        if isinstance(value, int) and value > INT_MAX:  # no row can have it (and the database would overflow)
+            return jsonify(error=f"no such {key.removesuffix('_id')}: {value}"), 404
     return None
 
 
@@ -163,6 +167,8 @@ def _int(args: dict[str, str], key: str, default: int | None = None, minimum: in
         raise ApiError(400, f"query parameter {key} must be an integer, got {args[key]!r}") from None
     if value < minimum:
         raise ApiError(400, f"query parameter {key} must be at least {minimum}, got {value}")
+    if value > INT_MAX:
+        raise ApiError(400, f"query parameter {key} must be at most {INT_MAX}, got {value}")
     return value
 
 
@@ -188,9 +194,9 @@ def _ids(body: dict) -> list[int]:
     ids = body["ids"]
     if not isinstance(ids, list) or not ids:
         raise ApiError(400, "'ids' must be a non-empty list of job ids (integers)")
-    bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, int)]
+    bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, int) or not 0 < i <= INT_MAX]
     if bad:
-        raise ApiError(400, f"'ids' must hold integer job ids; not ids: {bad[:10]}")
+        raise ApiError(400, f"'ids' must hold job ids (integers from 1 to {INT_MAX}); not ids: {bad[:10]}")
     if len(ids) > MAX_IDS:
         raise ApiError(400, f"at most {MAX_IDS} ids per request; send several requests or use a workflow")
     return list(dict.fromkeys(ids))
@@ -198,8 +204,8 @@ def _ids(body: dict) -> list[int]:
 
 def _extra(body: dict) -> int:
     extra = body.get("extra_attempts", 1)
-    if isinstance(extra, bool) or not isinstance(extra, int) or extra < 1:
-        raise ApiError(400, f"'extra_attempts' must be an integer of at least 1, got {extra!r}")
+    if isinstance(extra, bool) or not isinstance(extra, int) or not 1 <= extra <= 1000:
+        raise ApiError(400, f"'extra_attempts' must be an integer from 1 to 1000, got {extra!r}")
     return extra
 
 

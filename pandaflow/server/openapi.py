@@ -135,13 +135,13 @@ _JOB_SPEC = _obj(
         "buffer_b64": {"type": "string", "contentEncoding": "base64",
                        "description": "parsl pack_apply_message bytes, base64 (python jobs)"},
         "env": {"type": "object", "additionalProperties": {"type": "string"}},
-        "cores": {"type": "integer", "minimum": 1},
-        "memory_mb": {"type": "integer", "minimum": 0},
-        "disk_mb": {"type": "integer", "minimum": 0},
+        "cores": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+        "memory_mb": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+        "disk_mb": {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
         "walltime_s": {"type": "number", "exclusiveMinimum": 0},
         "priority": INT,
         "queue": {"type": "string", "description": "default: chosen by brokerage"},
-        "max_attempts": {"type": "integer", "minimum": 1},
+        "max_attempts": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
     },
     required=[],
     additionalProperties=False,
@@ -285,14 +285,24 @@ _SCHEMAS: dict[str, Any] = {
     ),
     "JobIds": _obj(
         {
-            "ids": {"type": "array", "items": INT, "minItems": 1},
-            "extra_attempts": {"type": "integer", "minimum": 1, "description": "retry only; default 1"},
+            "ids": {
+                "type": "array",
+                "items": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+                "minItems": 1,
+                "maxItems": 100_000,
+            },
+            "extra_attempts": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": 1000,
+                "description": "retry only; default 1",
+            },
         },
         required=["ids"],
         additionalProperties=False,
     ),
     "RetryOptions": _obj(
-        {"extra_attempts": {"type": "integer", "minimum": 1, "default": 1}},
+        {"extra_attempts": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1}},
         required=[],
         additionalProperties=False,
     ),
@@ -366,14 +376,18 @@ def _query(name: str, schema: dict[str, Any], description: str) -> dict[str, Any
 
 
 def _path(name: str, description: str) -> dict[str, Any]:
-    return {"name": name, "in": "path", "required": True, "schema": {"type": "integer", "minimum": 0},
-            "description": description}  # fmt: skip
+    schema = {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}
+    return {"name": name, "in": "path", "required": True, "schema": schema, "description": description}
 
 
 LIMIT = _query("limit", {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
                "page size")  # fmt: skip
-OFFSET = _query("offset", {"type": "integer", "minimum": 0, "default": 0}, "items to skip")
-WORKFLOW_FILTER = _query("workflow_id", {"type": "integer"}, "only this workflow")
+OFFSET = _query(
+    "offset", {"type": "integer", "minimum": 0, "maximum": 2**31 - 1, "default": 0}, "items to skip"
+)
+WORKFLOW_FILTER = _query(
+    "workflow_id", {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}, "only this workflow"
+)
 WORKFLOW_ID = _path("workflow_id", "workflow id")
 JOB_ID = _path("job_id", "job id")
 
@@ -474,12 +488,16 @@ _PATHS: dict[str, Any] = {
             _ok("JobPage"),
             params=[
                 WORKFLOW_FILTER,
-                _query("task_id", {"type": "integer"}, "only this task"),
+                _query("task_id", {"type": "integer", "minimum": 0, "maximum": 2**31 - 1}, "only this task"),
                 _query(
                     "status", {"type": "string"}, f"one or more of {', '.join(ALL_STATES)}, comma-separated"
                 ),
                 _query("queue", {"type": "string"}, "only this queue"),
-                _query("pilot_id", {"type": "integer"}, "only jobs (last) dispatched to this pilot"),
+                _query(
+                    "pilot_id",
+                    {"type": "integer", "minimum": 0, "maximum": 2**31 - 1},
+                    "only jobs (last) dispatched to this pilot",
+                ),
                 _query("name", {"type": "string"}, "substring of the job name"),
                 LIMIT,
                 OFFSET,
@@ -515,7 +533,11 @@ _PATHS: dict[str, Any] = {
             },
             params=[
                 JOB_ID,
-                _query("attempt", {"type": "integer", "minimum": 1}, "attempt number (default: latest)"),
+                _query(
+                    "attempt",
+                    {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+                    "attempt number (default: latest)",
+                ),
             ],
             not_found=True,
         )
