@@ -19,6 +19,7 @@ import base64
 import json
 import os
 import tempfile
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -155,7 +156,15 @@ def _decoded(conn: Connection, data: str, suffix: str) -> str:
     with os.fdopen(fd, "wb") as f:
         f.write(base64.b64decode(data))
     conn._files.append(name)
+    weakref.finalize(conn, _unlink, name)
     return name
+
+
+def _unlink(name: str) -> None:
+    try:
+        os.unlink(name)
+    except OSError:
+        pass
 
 
 def discover(kubeconfig: str | None = None, context: str | None = None) -> Connection:
@@ -181,9 +190,6 @@ class KubeApi:
         self.connection = connection
         self.timeout = timeout
         self.session = requests.Session()
-        self.session.verify = connection.verify
-        if connection.client_cert:
-            self.session.cert = connection.client_cert
         self.session.headers.update({"Accept": "application/json", "User-Agent": "pandaflow-harvester"})
 
     def request(
@@ -197,6 +203,8 @@ class KubeApi:
             response = self.session.request(
                 method, self.connection.server + path, json=body, params=params, headers=headers,
                 timeout=self.timeout,
+                # Per request: a session's verify loses to $REQUESTS_CA_BUNDLE, the cluster's CA must not.
+                verify=self.connection.verify, cert=self.connection.client_cert,
             )  # fmt: skip
         except requests.RequestException as exc:
             raise KubernetesApiError(method, path, None, type(exc).__name__, str(exc)) from None

@@ -7,7 +7,8 @@ Pure functions of the provider's settings, so tests compare them field by field.
 * requests *and* limits the queue's cores and memory (``"2"``, ``"4Gi"``), so the scheduler
   packs pilots by the queue's memory classes and a pilot that overruns is killed, not its
   neighbours (the Guaranteed QoS class when requests equal limits);
-* gets the server token as ``PANDAFLOW_TOKEN`` from a Secret (never on the command line), and
+* gets the server token from a Secret (never on the command line), as ``PANDAFLOW_TOKEN`` and as
+  a file mounted where the harvester's ``--token-file`` points; and
   ``PARSL_CORES``/``PARSL_MEMORY_GB`` as parsl's provider contract asks;
 * does not mount a service-account token unless asked: pilots never talk to the Kubernetes API.
 """
@@ -82,6 +83,7 @@ def pod_spec(
     env: dict[str, str],
     token_secret: str | None,
     token_key: str,
+    token_mount: str | None,
     service_account_name: str | None,
     automount_service_account_token: bool,
     node_selector: dict[str, str],
@@ -116,9 +118,17 @@ def pod_spec(
         "containers": [container],
         "automountServiceAccountToken": automount_service_account_token,
     }
+    mounts, volumes = [], []
+    if token_secret and token_mount:
+        # The pilot command names a token file (the harvester's --token-file): the same Secret,
+        # mounted at the same path in the harvester's pod and here, makes that path valid.
+        mounts.append({"name": "token", "mountPath": token_mount, "readOnly": True})
+        volumes.append({"name": "token", "secret": {"secretName": token_secret, "defaultMode": 0o440}})
     if scratch_dir:
-        container["volumeMounts"] = [{"name": "scratch", "mountPath": scratch_dir}]
-        spec["volumes"] = [{"name": "scratch", "emptyDir": {}}]
+        mounts.append({"name": "scratch", "mountPath": scratch_dir})
+        volumes.append({"name": "scratch", "emptyDir": {}})
+    if mounts:
+        container["volumeMounts"], spec["volumes"] = mounts, volumes
     if service_account_name:
         spec["serviceAccountName"] = service_account_name
     if node_selector:

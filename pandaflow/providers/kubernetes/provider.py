@@ -47,9 +47,11 @@ class KubernetesProvider(ExecutionProvider):
     Sizes: ``cpu`` and ``memory_mb`` are requested and, unless ``cpu_limit``/``memory_limit_mb``
     say otherwise, also the limits; the harvester fills both from the queue (``worker_cores``,
     ``worker_memory_mb``). ``secret`` names the Secret whose ``secret_key`` entry is the server
-    token, given to the pilot as ``PANDAFLOW_TOKEN`` (unlike parsl's ``secret``, which is an
-    image-pull secret; those are ``image_pull_secrets`` here). ``node_selector`` and
-    ``tolerations`` pick node pools, e.g. GKE spot nodes::
+    token, given to the pilot as ``PANDAFLOW_TOKEN`` and mounted read-only under
+    ``secret_mount_path`` (the pilot command names ``--token-file``: run the harvester with
+    ``--token-file /var/run/pandaflow/token`` from the same Secret so the path holds in both pods).
+    Unlike parsl's ``secret``, it is not an image-pull secret; those are ``image_pull_secrets``.
+    ``node_selector`` and ``tolerations`` pick node pools, e.g. GKE spot nodes::
 
         "node_selector": {"cloud.google.com/gke-spot": "true"},
         "tolerations": [{"key": "cloud.google.com/gke-spot", "operator": "Equal", "value": "true",
@@ -73,6 +75,7 @@ class KubernetesProvider(ExecutionProvider):
         extra_limits: dict[str, str] | None = None,
         secret: str | None = None,
         secret_key: str = "token",
+        secret_mount_path: str | None = "/var/run/pandaflow",
         service_account_name: str | None = None,
         automount_service_account_token: bool = False,
         labels: dict[str, str] | None = None,
@@ -119,6 +122,7 @@ class KubernetesProvider(ExecutionProvider):
             "env": env,
             "token_secret": secret,
             "token_key": secret_key,
+            "token_mount": secret_mount_path,
             "service_account_name": service_account_name,
             "automount_service_account_token": automount_service_account_token,
             "node_selector": node_selector or {},
