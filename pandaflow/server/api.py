@@ -278,8 +278,11 @@ def _decode_buffers(jobs: list) -> list:
 
 @api.post("/workflows")
 def submit_workflow():
-    body = _body(required=("name", "jobs"), optional=("owner",))
+    body = _body(required=("name", "jobs"), optional=("owner", "available"))
     name, owner, jobs = body["name"], body.get("owner", ""), body["jobs"]
+    available = body.get("available", [])
+    if not isinstance(available, list) or not all(isinstance(a, str) and a for a in available):
+        raise ApiError(400, "'available' must be a list of data product names that exist already")
     if not isinstance(name, str) or not name.strip():
         raise ApiError(400, "'name' must be a non-empty string naming the workflow")
     if not isinstance(owner, str):
@@ -289,7 +292,9 @@ def submit_workflow():
     st = state()
     clean = submission.validate(_decode_buffers(jobs), st.broker)
     with st.engine.begin() as conn:
-        stored = submission.store(conn, clean, submission.WorkflowBook(), workflow=name, owner=owner)
+        stored = submission.store(
+            conn, clean, submission.WorkflowBook(), workflow=name, owner=owner, available=available
+        )
     if stored.queues:
         _poke({"kind": "ready", "queues": sorted(stored.queues)})
     response = jsonify(workflow_id=stored.workflow_id, job_ids=stored.ids, duplicates=stored.duplicates)

@@ -11,6 +11,7 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from pandaflow.pilot.errorcodes import describe, is_retryable
+from pandaflow.server import dag
 from pandaflow.server import schema as s
 from pandaflow.server.statements import Sql, chunks, insert_sql, marks, update_sql
 from pandaflow.server.states import (
@@ -19,6 +20,7 @@ from pandaflow.server.states import (
     FAILED,
     FINAL_STATES,
     FINISHED,
+    PRUNED,
     READY,
     RUNNING,
     transition,
@@ -163,7 +165,33 @@ def record(conn: Connection, outcomes: list[dict[str, Any]], now: float) -> Comp
     sql.many(insert_sql("attempts", _ATTEMPT_COLUMNS), history)
     sql.many(insert_sql("job_results", ("job_id", "result", "is_exception")), results)
     sql.many(insert_sql("job_logs", ("job_id", "attempt", "log")), logs)
+    follow_dependencies(conn, moves, now, done)
     return done
+
+
+def follow_dependencies(
+    conn: Connection, moves: dict[str, list[dict[str, Any]]], now: float, done: Completed
+) -> None:
+    """Release what finished jobs unblock and prune what failed jobs make impossible."""
+    finished = [m["_id"] for m in moves.get(FINISHED, ())]
+    if finished:
+        _released, queues = dag.release(conn, finished, now)
+        done.requeued |= queues
+    failed = [m["_id"] for m in moves.get(FAILED, ())]
+    if failed:
+        note_pruned(
+            done.notify, dag.prune(conn, failed, now, "an input can never exist: its producer failed")
+        )
+
+
+def note_pruned(notify: dict[str, list[dict[str, Any]]], pruned: list[dict[str, Any]]) -> None:
+    """Tell submitting clients that their pruned jobs will never run."""
+    for job in pruned:
+        if job.get("client"):
+            notify[job["client"]].append(
+                {"id": job["id"], "uid": job["uid"], "status": PRUNED, "error_code": 0,
+                 "error_diag": "pruned: an input can never exist", "result": None, "exc": False}
+            )  # fmt: skip
 
 
 def mark_running(conn: Connection, pilot_id: int, running: dict[int, float], now: float) -> int:

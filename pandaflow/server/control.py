@@ -9,7 +9,9 @@ from typing import Any
 from sqlalchemy import Connection, bindparam, insert, select, update
 
 from pandaflow.pilot.errorcodes import ErrorCode
+from pandaflow.server import dag
 from pandaflow.server import schema as s
+from pandaflow.server.completion import note_pruned
 from pandaflow.server.states import ACTIVE_STATES, CANCELLED, FAILED, FINAL_STATES, READY, transition
 
 _J = s.jobs.c
@@ -116,6 +118,11 @@ def cancel(
     _apply(conn, moves)
     if ended:
         conn.execute(insert(s.attempts), ended)
+    if out.job_ids:
+        note_pruned(
+            out.notify,
+            dag.prune(conn, out.job_ids, now, "an input can never exist: its producer was cancelled"),
+        )
     return out
 
 

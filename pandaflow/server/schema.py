@@ -87,6 +87,7 @@ jobs = Table(
     Column("dispatched_at", Float, nullable=True),
     Column("started_at", Float, nullable=True),
     Column("ended_at", Float, nullable=True),
+    Column("n_unmet", Integer, nullable=False, default=0, server_default="0"),  # inputs not yet available
     # Dispatch walks this index in order (priority DESC, FIFO) and stops at LIMIT.
     Index("ix_jobs_dispatch", "status", "queue", text("priority DESC"), "id"),
     Index("ix_jobs_pilot", "pilot_id", "status"),
@@ -210,4 +211,25 @@ harvester_queues = Table(
     Column("action", Text, nullable=False, default=""),  # what the last cycle did, and why
     Column("error", Text, nullable=False, default=""),  # the last provider failure ("" once it works)
     Column("error_at", Float, nullable=True),
+)
+
+# Data-aware dependencies (see pandaflow/server/dag.py). A product is a logical data product
+# of a workflow; a job waits for its inputs with an unmet-input counter (jobs.n_unmet), so
+# release is an indexed update rather than a graph walk.
+products = Table(
+    "products",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("workflow_id", Integer, ForeignKey("workflows.id"), nullable=False),
+    Column("name", String(512), nullable=False),
+    Column("status", String(16), nullable=False),  # pending | available | missing
+    Column("producer_id", Integer, nullable=True, index=True),  # the job that writes it
+    UniqueConstraint("workflow_id", "name"),
+)
+
+job_inputs = Table(
+    "job_inputs",
+    metadata,
+    Column("job_id", Integer, ForeignKey("jobs.id"), primary_key=True),
+    Column("product_id", Integer, ForeignKey("products.id"), primary_key=True, index=True),
 )

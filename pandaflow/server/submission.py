@@ -11,23 +11,37 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
+from pandaflow.server import dag
 from pandaflow.server import schema as s
 from pandaflow.server.broker import Broker, BrokerageError
 from pandaflow.server.statements import Sql, chunks, insert_sql, marks
-from pandaflow.server.states import READY
+from pandaflow.server.states import PENDING, READY
 
 MAX_ATTEMPTS_DEFAULT = 3
 _JOB_COLUMNS = (
     "uid", "workflow_id", "task_id", "name", "kind", "status", "queue", "priority", "cores", "memory_mb",
     "disk_mb", "walltime_s", "max_attempts", "attempt", "client", "command", "env", "error_code",
-    "error_diag", "stdout_tail", "created_at", "updated_at",
+    "error_diag", "stdout_tail", "created_at", "updated_at", "n_unmet",
 )  # fmt: skip
 _KINDS = ("python", "shell")
 _INT_FIELDS = ("cores", "memory_mb", "disk_mb", "priority", "max_attempts")
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1  # the columns are 32-bit integers
 _TEXT_LIMITS = {"uid": 96, "name": 255, "task": 255, "queue": 128}  # column sizes in schema.py
+_DAG_FIELDS = ("inputs", "outputs", "parents")
 _KNOWN_FIELDS = frozenset(
-    {"uid", "name", "task", "kind", "buffer", "command", "env", "walltime_s", "queue", *_INT_FIELDS}
+    {
+        "uid",
+        "name",
+        "task",
+        "kind",
+        "buffer",
+        "command",
+        "env",
+        "walltime_s",
+        "queue",
+        *_INT_FIELDS,
+        *_DAG_FIELDS,
+    }
 )
 
 
@@ -109,6 +123,15 @@ def _check_job(i: int, job: Any, broker: Broker, problems: list[str]) -> dict[st
     ):
         problems.append(f"{label}: env must map strings to strings")
         return None
+    for key in _DAG_FIELDS:
+        names = job.get(key)
+        if names is not None and (
+            not isinstance(names, list) or not all(isinstance(n, str) and 0 < len(n) <= 500 for n in names)
+        ):
+            problems.append(
+                f"{label}: {key} must be a list of names (non-empty strings of at most 500 characters)"
+            )
+            return None
     queue = job.get("queue")
     if queue is not None and not isinstance(queue, str):
         problems.append(f"{label}: queue must be a queue name, got {queue!r}")
@@ -133,6 +156,9 @@ def _check_job(i: int, job: Any, broker: Broker, problems: list[str]) -> dict[st
         "priority": job.get("priority") or 0,
         "max_attempts": max_attempts,
         "queue": queue,
+        "inputs": job.get("inputs") or [],
+        "outputs": job.get("outputs") or [],
+        "parents": job.get("parents") or [],
     }
 
 
@@ -210,11 +236,16 @@ def store(
     owner: str = "",
     now: float | None = None,
     fresh: bool = False,
+    available: Sequence[str] = (),
 ) -> Submitted:
     """Insert validated jobs as ready (in the caller's transaction), skipping uids already stored.
 
     ``fresh`` promises that none of the uids was sent before (an executor's first send of a
     batch), which saves the duplicate lookup; the unique index still guards the table.
+    Jobs with ``inputs``/``outputs``/``parents`` are checked as a graph (see
+    :mod:`pandaflow.server.dag`) and stored pending until their inputs are available;
+    ``available`` names products that exist already. A graph problem raises
+    :class:`SubmissionError` before anything is written.
     """
     now = time.time() if now is None else now
     wid = book.workflow(conn, workflow, client, owner, now)
@@ -225,6 +256,16 @@ def store(
         uids = [j["uid"] for j in clean]
         for part in chunks(uids):
             existing.update(sql.rows(f"SELECT uid, id FROM jobs WHERE uid IN ({marks(len(part))})", part))
+    graph = dag.uses_dag(clean) or bool(available)
+    products: dict[str, tuple[int, str]] = {}
+    waits: dict[str, int] = {}
+    if graph:
+        products = dag.existing_products(conn, wid)
+        fresh_jobs = [j for j in clean if j["uid"] not in existing]
+        problems = dag.check(fresh_jobs, available, {n: st for n, (_i, st) in products.items()})
+        if problems:
+            raise SubmissionError(problems)
+        waits = dag.unmet(fresh_jobs, available, products)
     rows = []
     payloads = []
     for job in clean:
@@ -239,7 +280,7 @@ def store(
                 book.task(conn, wid, job["task"], now),
                 job["name"],
                 job["kind"],
-                READY,
+                PENDING if waits.get(job["uid"]) else READY,
                 job["queue"],
                 job["priority"],
                 job["cores"],
@@ -256,6 +297,7 @@ def store(
                 "",
                 now,
                 now,
+                waits.get(job["uid"], 0),
             )
         )
         payloads.append(job["buffer"])
@@ -266,11 +308,15 @@ def store(
         flat = [v for row in part for v in row]
         for job_id, uid in sql.rows(insert_sql("jobs", _JOB_COLUMNS, len(part), "id, uid"), flat):
             out.ids[uid] = job_id
+    if graph:
+        stored = [(out.ids[j["uid"]], j) for j in clean if j["uid"] not in existing]
+        dag.store(conn, wid, stored, available, products)
     blobs = []
     for row, buffer in zip(rows, payloads, strict=True):
         uid = row[0]
         out.accepted.append(uid)
-        out.queues.add(row[6])
+        if row[5] == READY:
+            out.queues.add(row[6])
         if buffer is not None:
             blobs.append((out.ids[uid], buffer))
     if blobs:

@@ -1,0 +1,139 @@
+"""Data-aware dependencies: release by available inputs, pruning, and graph checks."""
+
+import pytest
+from sqlalchemy import func, select
+
+from pandaflow.server import schema as s
+from pandaflow.server.submission import SubmissionError
+
+SMALL = "small"
+
+
+def states(workload, ids):
+    return [workload.status(i) for i in ids]
+
+
+def run(workload, pilot, job_id, ok=True):
+    """Dispatch what is ready (the job among it) and report the job's outcome."""
+    if workload.status(job_id) == "ready":
+        workload.dispatch(pilot, SMALL)
+    assert workload.status(job_id) == "dispatched", f"job {job_id} was not ready"
+    workload.report(job_id, ok=ok, error_code=0 if ok else 1002)
+
+
+def test_a_job_waits_until_every_input_is_written(workload):
+    a, b, c = workload.submit(
+        [{"name": "a", "outputs": ["raw"]}, {"name": "b", "inputs": ["raw"], "outputs": ["calexp"]},
+         {"name": "c", "inputs": ["calexp", "raw"]}]
+    )  # fmt: skip
+    assert states(workload, [a, b, c]) == ["ready", "pending", "pending"]
+    pilot = workload.pilot()
+    run(workload, pilot, a)
+    assert states(workload, [b, c]) == ["ready", "pending"]
+    run(workload, pilot, b)
+    assert workload.status(c) == "ready"
+
+
+def test_parents_are_dependencies_without_named_products(workload):
+    p1, p2, child = workload.submit(
+        [{"name": "p1"}, {"name": "p2"}, {"name": "merge", "parents": ["p1", "p2"]}]
+    )
+    pilot = workload.pilot()
+    run(workload, pilot, p1)
+    assert workload.status(child) == "pending"
+    run(workload, pilot, p2)
+    assert workload.status(child) == "ready"
+
+
+def test_inputs_declared_available_do_not_hold_a_job(engine, queues):
+    from pandaflow.server.broker import Broker
+    from pandaflow.server.submission import WorkflowBook, store, validate
+
+    clean = validate([{"name": "isr", "command": "true", "inputs": ["raw-1"]}], Broker(queues))
+    with engine.begin() as conn:
+        out = store(conn, clean, WorkflowBook(), workflow="w", available=["raw-1"])
+    with engine.connect() as conn:
+        status = conn.execute(select(s.jobs.c.status).where(s.jobs.c.id == out.ids[clean[0]["uid"]])).scalar()
+    assert status == "ready" and out.queues == {SMALL}
+
+
+def test_a_producer_that_fails_for_good_prunes_everything_downstream(workload):
+    a, b, c, other = workload.submit(
+        [{"name": "a", "outputs": ["x"], "max_attempts": 1}, {"name": "b", "inputs": ["x"], "outputs": ["y"]},
+         {"name": "c", "inputs": ["y"]}, {"name": "independent"}]
+    )  # fmt: skip
+    pilot = workload.pilot()
+    run(workload, pilot, a, ok=False)
+    assert states(workload, [a, b, c]) == ["failed", "pruned", "pruned"]
+    assert workload.status(other) != "pruned"
+
+
+def test_a_failed_attempt_that_will_be_retried_prunes_nothing(workload):
+    a, b = workload.submit(
+        [{"name": "a", "outputs": ["x"], "max_attempts": 2}, {"name": "b", "inputs": ["x"]}]
+    )
+    run(workload, workload.pilot(), a, ok=False)
+    assert states(workload, [a, b]) == ["ready", "pending"]
+
+
+def test_cancelling_a_producer_prunes_its_consumers(workload, engine):
+    from pandaflow.server import control
+
+    a, b = workload.submit([{"name": "a", "outputs": ["x"]}, {"name": "b", "inputs": ["x"]}])
+    with engine.begin() as conn:
+        control.cancel(conn, 1.0, job_ids=[a])
+    assert states(workload, [a, b]) == ["cancelled", "pruned"]
+
+
+@pytest.mark.parametrize(
+    "jobs,message",
+    [
+        ([{"name": "a", "parents": ["b"]}, {"name": "b", "parents": ["a"]}], "cycle through jobs: 'a', 'b'"),
+        ([{"name": "a", "inputs": ["y"], "outputs": ["x"]}, {"name": "b", "inputs": ["x"], "outputs": ["y"]}],
+         "cycle"),
+        ([{"name": "a", "outputs": ["x"]}, {"name": "a"}], "duplicate job name"),
+        ([{"name": "a", "parents": ["nobody"]}], "unknown parent 'nobody'"),
+        ([{"name": "a", "outputs": ["x"]}, {"name": "b", "outputs": ["x"]}], "written by two jobs"),
+        ([{"name": "a", "inputs": ["ghost"]}], "input 'ghost' has no producer"),
+        ([{"outputs": ["x"]}], "needs a name"),
+    ],
+    ids=["parent-cycle", "product-cycle", "duplicate-name", "unknown-parent", "two-writers", "no-producer",
+         "unnamed"],
+)  # fmt: skip
+def test_an_unsound_graph_is_refused_whole_naming_the_jobs(workload, engine, jobs, message):
+    with pytest.raises(SubmissionError, match=message):
+        workload.submit([*jobs, {"name": "innocent"}])
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(s.jobs)).scalar() == 0
+        assert conn.execute(select(func.count()).select_from(s.products)).scalar() == 0
+
+
+def test_release_at_scale_is_one_indexed_pass(workload):
+    """A fan-out of 2,000 consumers of one product is released by one finished job."""
+    jobs = [{"name": "root", "outputs": ["calib"]}] + [
+        {"name": f"q{i}", "inputs": ["calib"]} for i in range(2000)
+    ]
+    ids = workload.submit(jobs)
+    run(workload, workload.pilot(), ids[0])
+    assert set(states(workload, ids[1:])) == {"ready"}
+
+
+def test_the_rest_api_accepts_a_dag_with_available_inputs(api):
+    reply = api.post(
+        "/api/v1/workflows",
+        json={"name": "dag", "available": ["raw"], "jobs": [
+            {"name": "isr", "command": "true", "inputs": ["raw"], "outputs": ["postISR"]},
+            {"name": "calib", "command": "true", "inputs": ["postISR"]}]},
+    )  # fmt: skip
+    assert reply.status_code == 201, reply.json
+    jobs = api.get("/api/v1/jobs").json["jobs"]
+    assert {j["name"]: j["status"] for j in jobs} == {"isr": "ready", "calib": "pending"}
+
+
+def test_the_rest_api_refuses_a_cycle_with_400(api):
+    reply = api.post(
+        "/api/v1/workflows",
+        json={"name": "loop", "jobs": [{"name": "a", "command": "true", "parents": ["b"]},
+                                       {"name": "b", "command": "true", "parents": ["a"]}]},
+    )  # fmt: skip
+    assert reply.status_code == 400 and "cycle" in reply.json["error"]
