@@ -4,15 +4,17 @@ the transitions table, whether an attempt finishes the job, fails it for good, o
 from __future__ import annotations
 
 import json
+import math
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import Connection, select
 
-from pandaflow.pilot.errorcodes import describe, is_retryable
+from pandaflow.pilot.errorcodes import ErrorCode, describe, is_retryable
 from pandaflow.server import dag
 from pandaflow.server import schema as s
+from pandaflow.server.broker import Broker, BrokerageError
 from pandaflow.server.statements import Sql, chunks, insert_sql, marks, update_sql
 from pandaflow.server.states import (
     ACTIVE_STATES,
@@ -58,7 +60,8 @@ def outcome(job_id: int, attempt: int, error_code: int, diag: str, **extra: Any)
 
 _SELECT_ACTIVE = (
     "SELECT id, uid, status, attempt, max_attempts, client, queue, stdout_tail, pilot_id, dispatched_at,"
-    " started_at FROM jobs WHERE id IN ({})"
+    " started_at, cores, memory_mb, walltime_s, memory_multiplier, memory_max_mb, retry_unless_exit"
+    " FROM jobs WHERE id IN ({})"
 )
 _ATTEMPT_COLUMNS = (
     "job_id", "attempt", "pilot_id", "queue", "status", "error_code", "error_diag", "exit_code",
@@ -66,7 +69,9 @@ _ATTEMPT_COLUMNS = (
 )  # fmt: skip
 
 
-def record(conn: Connection, outcomes: list[dict[str, Any]], now: float) -> Completed:
+def record(
+    conn: Connection, outcomes: list[dict[str, Any]], now: float, broker: Broker | None = None
+) -> Completed:
     """Apply pilot outcomes (wire maps, see :mod:`pandaflow.protocol`) in the caller's transaction.
 
     Each outcome of the job's current attempt ends that attempt (one ``attempts`` row) and
@@ -92,15 +97,25 @@ def record(conn: Connection, outcomes: list[dict[str, Any]], now: float) -> Comp
             done.stale += 1  # a late or duplicate report: the job moved on already
             continue
         code = int(o.get("error_code") or 0)
+        diag = o.get("error_diag") or ("" if o.get("ok") else describe(code))
+        retry: dict[str, Any] = {}
         if o.get("ok"):
             new = FINISHED
-        elif is_retryable(code) and job["attempt"] < job["max_attempts"]:
-            new = READY
-        else:
+        elif not is_retryable(code) or job["attempt"] >= job["max_attempts"]:
             new = FAILED
-        diag = o.get("error_diag") or ("" if o.get("ok") else describe(code))
+        elif _exit_forbids_retry(job, code, o.get("exit_code")):
+            new = FAILED
+            diag = f"{diag} (exit code {o.get('exit_code')} is never retried)"
+        else:
+            new = READY
+            retry, why_not = _retry_shape(job, code, broker)
+            if why_not:
+                new = FAILED
+                diag = f"{diag}; cannot retry: {why_not}"
         if new == READY:
-            diag = f"attempt {job['attempt']} of {job['max_attempts']} failed, retrying: {diag}"
+            grown = f" with {retry['memory_mb']} MB on {retry['queue']}" if retry.get("grown") else ""
+            diag = f"attempt {job['attempt']} of {job['max_attempts']} failed, retrying{grown}: {diag}"
+            done.requeued.add(retry.get("queue", job["queue"]))
         tail = o.get("tail")
         ctx = {
             "error_code": code,
@@ -112,6 +127,9 @@ def record(conn: Connection, outcomes: list[dict[str, Any]], now: float) -> Comp
             "started_at": o.get("t0") or job["started_at"],
             "ended_at": o.get("t1") or now,
         }
+        if new == READY:
+            ctx["queue"] = retry.get("queue", job["queue"])
+            ctx["memory_mb"] = retry.get("memory_mb", job["memory_mb"])
         values = transition(job, new, now, **ctx)
         moves[new].append({"_id": job["id"], "_attempt": job["attempt"], **values})
         job["status"] = new
@@ -139,7 +157,6 @@ def record(conn: Connection, outcomes: list[dict[str, Any]], now: float) -> Comp
             logs.append((job["id"], job["attempt"], bytes(o["log"])))
         if new == READY:
             done.retried += 1
-            done.requeued.add(job["queue"])
             continue
         done.final += 1
         if o.get("result") is not None:
@@ -167,6 +184,37 @@ def record(conn: Connection, outcomes: list[dict[str, Any]], now: float) -> Comp
     sql.many(insert_sql("job_logs", ("job_id", "attempt", "log")), logs)
     follow_dependencies(conn, moves, now, done)
     return done
+
+
+def _exit_forbids_retry(job: dict[str, Any], code: int, exit_code: int | None) -> bool:
+    """ctrl_bps ``retry_unless_exit``: these exit codes mean retrying cannot help."""
+    if code != ErrorCode.PAYLOAD_NONZERO_EXIT or exit_code is None or not job.get("retry_unless_exit"):
+        return False
+    return exit_code in json.loads(job["retry_unless_exit"])
+
+
+def _retry_shape(job: dict[str, Any], code: int, broker: Broker | None) -> tuple[dict[str, Any], str]:
+    """Memory and queue of the next attempt: after an out-of-memory kill with a multiplier the
+    request grows (capped by memory_max_mb) and the job is re-brokered to a queue that holds it.
+    Returns (changes, why the job cannot be retried or "")."""
+    mult, mem = job.get("memory_multiplier"), job.get("memory_mb")
+    if code != ErrorCode.OUT_OF_MEMORY or not mult or mult <= 1 or not mem:
+        return {}, ""
+    cap = job.get("memory_max_mb")
+    grown = math.ceil(mem * mult)
+    if cap:
+        grown = min(grown, cap)
+    if grown <= mem:
+        return {}, f"memory request {mem} MB is already at its maximum {cap} MB"
+    changes: dict[str, Any] = {"memory_mb": grown, "queue": job["queue"], "grown": True}
+    if broker is not None:
+        current = broker.queues.get(job["queue"])
+        if current is None or current.refusal(grown, job["cores"], job["walltime_s"]):
+            try:
+                changes["queue"] = broker.choose(grown, job["cores"], job["walltime_s"])
+            except BrokerageError as exc:
+                return {}, str(exc)
+    return changes, ""
 
 
 def follow_dependencies(

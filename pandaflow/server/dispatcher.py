@@ -344,7 +344,7 @@ class Dispatcher:
         if pilot is None:
             return
         outcomes = msg.get("outcomes") or []
-        done = completion.record(conn, outcomes, now)
+        done = completion.record(conn, outcomes, now, self.broker)
         for client, results in done.notify.items():
             notify[client].extend(results)
         self.maybe_ready |= done.requeued

@@ -607,3 +607,67 @@ def error_summary(conn: Connection, workflow_id: int | None = None) -> dict[str,
         )
     rows.sort(key=lambda r: (-r["jobs"], -r["attempts"], r["task_id"], r["error_code"]))
     return {"workflow_id": workflow_id, "errors": rows}
+
+
+# ---------------------------------------------------------------- bps report
+
+#: Columns of a ``bps report`` table, in its order: the WmsStates names every pandaflow state maps
+#: to (states.EXTERNAL_NAMES), then EXPECTED (the jobs of the label).
+BPS_COLUMNS = ("UNREADY", "READY", "PENDING", "RUNNING", "DELETED", "HELD", "SUCCEEDED", "FAILED", "PRUNED")
+BPS_RUN_STATES = {  # derived workflow status -> the WmsStates name bps shows for the run
+    EMPTY: "UNKNOWN",
+    RUNNING: "RUNNING",
+    FINISHED: "SUCCEEDED",
+    SUBFINISHED: "FAILED",
+    "failed": "FAILED",
+    CANCELLED: "DELETED",
+}
+
+
+def _bps_counts(counts: dict[str, int]) -> dict[str, int]:
+    out = dict.fromkeys(BPS_COLUMNS, 0)
+    for state, n in counts.items():
+        out[EXTERNAL_NAMES[state][1]] += n
+    out["EXPECTED"] = sum(counts.values())
+    return out
+
+
+def report(conn: Connection, workflow_id: int) -> dict[str, Any]:
+    """A workflow's jobs by task (pipeline label) and BPS state, the data of ``bps report``.
+
+    ``total`` and each label's ``counts`` map every column of :data:`BPS_COLUMNS` and
+    ``EXPECTED`` (the jobs of the label) to a number; labels come in task order (the order they
+    were first submitted, i.e. pipeline order for a DAG file). ``status`` is the workflow's
+    derived status, ``bps_state`` its WmsStates name, ``percent_succeeded`` the integer
+    percentage of jobs that succeeded (None without jobs). One grouped count over the
+    workflow's jobs, so a million-job workflow is still one indexed scan.
+    """
+    row = conn.execute(select(s.workflows).where(_W.id == workflow_id)).first()
+    if row is None:
+        raise NotFound(
+            f"no workflow {workflow_id}; list workflows with GET /workflows or `pandaflow workflows`"
+        )
+    tasks = conn.execute(select(_T.id, _T.name).where(_T.workflow_id == workflow_id).order_by(_T.id)).all()
+    by_task: dict[int, dict[str, int]] = {t.id: _zero_counts() for t in tasks}
+    for task_id, status, n in conn.execute(
+        select(_J.task_id, _J.status, func.count())
+        .where(_J.workflow_id == workflow_id)
+        .group_by(_J.task_id, _J.status)
+    ).all():
+        by_task.setdefault(task_id, _zero_counts())[status] = n
+    total = _zero_counts()
+    for counts in by_task.values():
+        for state, n in counts.items():
+            total[state] += n
+    status = derived_status(total)
+    n_jobs = sum(total.values())
+    return {
+        **_workflow(row),
+        "status": status,
+        "bps_state": BPS_RUN_STATES[status],
+        "n_jobs": n_jobs,
+        "percent_succeeded": int(100 * total[FINISHED] / n_jobs) if n_jobs else None,
+        "columns": [*BPS_COLUMNS, "EXPECTED"],
+        "total": _bps_counts(total),
+        "labels": [{"label": t.name, "task_id": t.id, "counts": _bps_counts(by_task[t.id])} for t in tasks],
+    }

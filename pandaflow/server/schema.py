@@ -88,6 +88,11 @@ jobs = Table(
     Column("started_at", Float, nullable=True),
     Column("ended_at", Float, nullable=True),
     Column("n_unmet", Integer, nullable=False, default=0, server_default="0"),  # inputs not yet available
+    # Memory-aware retries, with ctrl_bps semantics: after an out-of-memory kill the next attempt
+    # asks memory_mb * memory_multiplier (at most memory_max_mb) and is re-brokered.
+    Column("memory_multiplier", Float, nullable=True),
+    Column("memory_max_mb", Integer, nullable=True),
+    Column("retry_unless_exit", Text, nullable=True),  # JSON list of exit codes never retried
     # Dispatch walks this index in order (priority DESC, FIFO) and stops at LIMIT.
     Index("ix_jobs_dispatch", "status", "queue", text("priority DESC"), "id"),
     Index("ix_jobs_pilot", "pilot_id", "status"),

@@ -91,10 +91,13 @@ def _end(status: str) -> Handler:
 
 
 def _retry(job: dict, now: float, ctx: dict) -> Values:
-    """A failed attempt with attempts left goes back to the ready queue."""
+    """A failed attempt with attempts left goes back to the ready queue, possibly re-brokered
+    with a larger memory request (the attempt itself is kept in the attempts table)."""
     values = _end(READY)(job, now, ctx)
     values["pilot_id"] = None
     values["queue"] = ctx.get("queue", job.get("queue"))
+    values["memory_mb"] = ctx.get("memory_mb", job.get("memory_mb"))
+    values["started_at"] = values["ended_at"] = None  # the job waits; its next attempt has not begun
     return values
 
 

@@ -21,13 +21,15 @@ MAX_ATTEMPTS_DEFAULT = 3
 _JOB_COLUMNS = (
     "uid", "workflow_id", "task_id", "name", "kind", "status", "queue", "priority", "cores", "memory_mb",
     "disk_mb", "walltime_s", "max_attempts", "attempt", "client", "command", "env", "error_code",
-    "error_diag", "stdout_tail", "created_at", "updated_at", "n_unmet",
+    "error_diag", "stdout_tail", "created_at", "updated_at", "n_unmet", "memory_multiplier", "memory_max_mb",
+    "retry_unless_exit",
 )  # fmt: skip
 _KINDS = ("python", "shell")
 _INT_FIELDS = ("cores", "memory_mb", "disk_mb", "priority", "max_attempts")
 _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1  # the columns are 32-bit integers
 _TEXT_LIMITS = {"uid": 96, "name": 255, "task": 255, "queue": 128}  # column sizes in schema.py
 _DAG_FIELDS = ("inputs", "outputs", "parents")
+_RETRY_FIELDS = ("memory_multiplier", "memory_max_mb", "retry_unless_exit")
 _KNOWN_FIELDS = frozenset(
     {
         "uid",
@@ -41,6 +43,7 @@ _KNOWN_FIELDS = frozenset(
         "queue",
         *_INT_FIELDS,
         *_DAG_FIELDS,
+        *_RETRY_FIELDS,
     }
 )
 
@@ -123,6 +126,25 @@ def _check_job(i: int, job: Any, broker: Broker, problems: list[str]) -> dict[st
     ):
         problems.append(f"{label}: env must map strings to strings")
         return None
+    multiplier = job.get("memory_multiplier")
+    if multiplier is not None and (
+        isinstance(multiplier, bool) or not isinstance(multiplier, int | float) or not 1 <= multiplier <= 100
+    ):
+        problems.append(f"{label}: memory_multiplier must be a number from 1 to 100, got {multiplier!r}")
+        return None
+    cap = job.get("memory_max_mb")
+    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or not 0 < cap <= _INT_MAX):
+        problems.append(f"{label}: memory_max_mb must be a positive integer (MB), got {cap!r}")
+        return None
+    if cap is not None and job.get("memory_mb") and cap < job["memory_mb"]:
+        problems.append(f"{label}: memory_max_mb ({cap}) is below memory_mb ({job['memory_mb']})")
+        return None
+    codes = job.get("retry_unless_exit")
+    if codes is not None and (
+        not isinstance(codes, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in codes)
+    ):
+        problems.append(f"{label}: retry_unless_exit must be a list of exit codes (integers)")
+        return None
     for key in _DAG_FIELDS:
         names = job.get(key)
         if names is not None and (
@@ -156,6 +178,9 @@ def _check_job(i: int, job: Any, broker: Broker, problems: list[str]) -> dict[st
         "priority": job.get("priority") or 0,
         "max_attempts": max_attempts,
         "queue": queue,
+        "memory_multiplier": float(multiplier) if multiplier is not None else None,
+        "memory_max_mb": cap,
+        "retry_unless_exit": json.dumps(codes) if codes else None,
         "inputs": job.get("inputs") or [],
         "outputs": job.get("outputs") or [],
         "parents": job.get("parents") or [],
@@ -298,6 +323,9 @@ def store(
                 now,
                 now,
                 waits.get(job["uid"], 0),
+                job["memory_multiplier"],
+                job["memory_max_mb"],
+                job["retry_unless_exit"],
             )
         )
         payloads.append(job["buffer"])
