@@ -122,11 +122,23 @@ class Client:
 
     # ---------------------------------------------------------------- workflows and tasks
 
-    def submit(self, name: str, jobs: list[dict[str, Any]], owner: str | None = None) -> dict[str, Any]:
-        """Submit a workflow (all jobs or none); returns ``{"workflow_id", "job_ids", "duplicates"}``."""
+    def submit(
+        self,
+        name: str,
+        jobs: list[dict[str, Any]],
+        owner: str | None = None,
+        available: Sequence[str] | None = None,
+    ) -> dict[str, Any]:
+        """Submit a workflow (all jobs or none); returns ``{"workflow_id", "job_ids", "duplicates"}``.
+
+        Jobs may carry ``inputs``/``outputs``/``parents``; ``available`` names data products that
+        exist already (see :mod:`pandaflow.dagfile` for the whole DAG file format).
+        """
         body: dict[str, Any] = {"name": name, "jobs": jobs}
         if owner is not None:
             body["owner"] = owner
+        if available:
+            body["available"] = list(available)
         return self._json("POST", "/workflows", body=body)
 
     def list_workflows(self, limit: int = 100, offset: int = 0) -> dict[str, Any]:
@@ -148,6 +160,10 @@ class Client:
         return self._json(
             "GET", "/tasks", params={"workflow_id": workflow_id, "limit": limit, "offset": offset}
         )
+
+    def report(self, workflow_id: int) -> dict[str, Any]:
+        """A workflow's jobs by task (label) and BPS state: the data of ``bps report``."""
+        return self._json("GET", f"/workflows/{int(workflow_id)}/report")
 
     def cancel_workflow(self, workflow_id: int) -> dict[str, Any]:
         """Cancel every job of a workflow that has not ended."""

@@ -40,6 +40,7 @@ RESOURCE_KEYS = ("cores", "memory", "disk", "running_time_min", "priority", "que
 _PING_EVERY = 2.0
 _RESEND_AFTER = 10.0
 _SYNC_EVERY = 10.0
+_LEAST: dict[str, int | None] = {"cores": 1, "max_attempts": 1, "priority": None}  # others: >= 0
 _WINDOW = 2  # submissions in flight before new jobs wait to be batched
 _MAX_BATCH = 2000
 
@@ -84,9 +85,11 @@ def _check_spec(spec: dict[str, Any]) -> dict[str, Any]:
     ):
         if key in spec:
             value = spec[key]
-            if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            least = _LEAST.get(key, 0)
+            if isinstance(value, bool) or not isinstance(value, int) or (least is not None and value < least):
+                what = "an integer" if least is None else f"an integer of at least {least}"
                 raise InvalidResourceSpecification(
-                    {key}, f"{key} must be a non-negative integer, got {value!r}"
+                    {key}, f"{key} must be {what}, got {value!r}"
                 )
             job[field_name] = value
     if "running_time_min" in spec:
@@ -160,6 +163,7 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
         self._futures: dict[str, Future] = {}
         self._unacked: dict[int, tuple[float, list[dict[str, Any]]]] = {}
         self._pending: list[dict[str, Any]] = []
+        self._heard = False  # the server has answered our main socket at least once
         self._batch_seq = 0
         self._epoch: str | None = None
         self._stop = threading.Event()
@@ -342,7 +346,9 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
         # jobs gather while the window is full and leave together when the server acknowledges.
         with self._tx_lock:
             self._pending.append(job)
-            if len(self._unacked) < _WINDOW:
+            # Until the server has heard the main socket (first pong), its acknowledgements would
+            # be dropped; jobs wait and leave when the pong arrives.
+            if self._heard and len(self._unacked) < _WINDOW:
                 self._send_pending()
         return fut
 
@@ -392,7 +398,8 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        next_ping = 0.0
+        self._send({"op": "ping"})  # introduces the main socket: submissions wait for the answer
+        next_ping = time.time() + _PING_EVERY
         next_sync = time.time() + _SYNC_EVERY
         try:
             while not self._stop.is_set():
@@ -465,6 +472,11 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
                 for uid, why in (message.get("rejected") or {}).items():
                     self._fail(uid, SubmissionRefused(uid, "refused", 0, why))
             elif op in ("pong", "synced"):
+                if not self._heard:
+                    with self._tx_lock:
+                        self._heard = True
+                        if len(self._unacked) < _WINDOW:
+                            self._send_pending()
                 epoch = message.get("epoch")
                 if self._epoch is not None and epoch != self._epoch:
                     log.warning("pandaflow server restarted: re-sending unacknowledged work and re-syncing")

@@ -171,6 +171,12 @@ class Pilot:
         self.register()
         poller = zmq.Poller()
         poller.register(self.sock, zmq.POLLIN)
+        # A signal writes a byte here, so SIGTERM wakes the loop at once instead of at the next beat.
+        signal_r, signal_w = socket.socketpair()
+        signal_r.setblocking(False)
+        signal_w.setblocking(False)
+        signal.set_wakeup_fd(signal_w.fileno(), warn_on_full_buffer=False)
+        poller.register(signal_r.fileno(), zmq.POLLIN)
         wake = self.runner.fileno_for_wakeup()
         if wake is not None:
             poller.register(wake, zmq.POLLIN)
@@ -206,6 +212,9 @@ class Pilot:
                     log.info("idle for %.0f s: exiting", self.cfg.idle_timeout)
                     break
         finally:
+            signal.set_wakeup_fd(-1)
+            signal_r.close()
+            signal_w.close()
             self._shutdown()
         return code
 

@@ -323,6 +323,12 @@ def workflow_tasks(workflow_id: int):
     return jsonify(_read(queries.list_tasks, workflow_id=workflow_id, **_page_args(args)))
 
 
+@api.get("/workflows/<int:workflow_id>/report")
+def workflow_report(workflow_id: int):
+    _args()
+    return jsonify(_read(queries.report, workflow_id))
+
+
 def _control(
     action: str, *, job_ids: list[int] | None = None, workflow_id: int | None = None, extra: int = 1
 ):

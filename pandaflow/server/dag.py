@@ -69,6 +69,8 @@ def check(
                 )
             writer[product] = job.get("name")
     declared = set(available)
+    for product in sorted(declared & set(writer)):
+        problems.append(f"product {product!r} is declared available but job {writer[product]!r} writes it")
     for job in jobs:
         for product in job.get("inputs") or ():
             if product not in writer and product not in declared and product not in existing:

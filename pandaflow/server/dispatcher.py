@@ -203,6 +203,8 @@ class Dispatcher:
                     self.turn([item], [], False)
             elif batch:
                 identity, message = batch[0]
+                if message.get("op") == "submit" and isinstance(message.get("client"), str):
+                    identity = message["client"].encode()  # executors read replies on their main socket
                 error = f"server failed to process {message.get('op')!r}: {type(exc).__name__}: {exc}"
                 reply = {"op": "submitted", "batch": message.get("batch"), "error": error}
                 self._send(

@@ -9,7 +9,14 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-from pandaflow.server.queries import DEFAULT_LIMIT, DERIVED_STATES, MAX_LIMIT, PILOT_STATES
+from pandaflow.server.queries import (
+    BPS_COLUMNS,
+    BPS_RUN_STATES,
+    DEFAULT_LIMIT,
+    DERIVED_STATES,
+    MAX_LIMIT,
+    PILOT_STATES,
+)
 from pandaflow.server.states import ALL_STATES
 
 JSON = "application/json"
@@ -47,6 +54,7 @@ NNUM = _nullable("number")
 STR = {"type": "string"}
 NSTR = _nullable("string")
 JOB_STATE = {"type": "string", "enum": list(ALL_STATES)}
+NAMES = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 500}}
 COUNTS = _obj({state: INT for state in ALL_STATES}, description="number of jobs in each state")
 
 
@@ -142,10 +150,25 @@ _JOB_SPEC = _obj(
         "priority": INT,
         "queue": {"type": "string", "description": "default: chosen by brokerage"},
         "max_attempts": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1},
+        "memory_multiplier": {"type": "number", "minimum": 1, "maximum": 100,
+                              "description": "after an out-of-memory kill, the next attempt asks memory_mb "
+                              "times this (re-brokered to a queue that holds it)"},
+        "memory_max_mb": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1,
+                          "description": "cap of the grown memory request (not below memory_mb)"},
+        "retry_unless_exit": {"type": "array", "items": INT, "description": "exit codes never retried"},
+        "inputs": {**NAMES, "description": "data products the job reads: it stays pending until all "
+                   "are available (written by a finished job, or declared in 'available')"},
+        "outputs": {**NAMES, "description": "data products the job writes (one writer per product)"},
+        "parents": {**NAMES, "description": "names of jobs of the same submission that must finish first"},
     },
     required=[],
     additionalProperties=False,
 )  # fmt: skip
+
+BPS_COUNTS = _obj(
+    {column: INT for column in (*BPS_COLUMNS, "EXPECTED")},
+    description="jobs in each BPS state (WmsStates names); EXPECTED: all jobs of the label",
+)
 
 _SCHEMAS: dict[str, Any] = {
     "Error": _obj(
@@ -272,6 +295,11 @@ _SCHEMAS: dict[str, Any] = {
             "name": {"type": "string", "minLength": 1, "description": "workflow name"},
             "owner": STR,
             "jobs": {"type": "array", "items": _ref("JobSpec"), "minItems": 1},
+            "available": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1},
+                "description": "data products that exist already (inputs nobody in the workflow writes)",
+            },
         },
         required=["name", "jobs"],
         additionalProperties=False,
@@ -314,6 +342,32 @@ _SCHEMAS: dict[str, Any] = {
                 "type": "array",
                 "items": _obj({"id": INT, "status": JOB_STATE, "reason": STR}),
                 "description": "jobs named but left as they were, and why",
+            },
+        }
+    ),
+    "BpsCounts": BPS_COUNTS,
+    "Report": _obj(
+        {
+            "id": INT,
+            "name": STR,
+            "owner": STR,
+            "client": NSTR,
+            "created_at": TIME,
+            "updated_at": TIME,
+            "status": {"type": "string", "enum": list(DERIVED_STATES), "description": "derived status"},
+            "bps_state": {
+                "type": "string",
+                "enum": sorted(set(BPS_RUN_STATES.values())),
+                "description": "the run's state as bps names it",
+            },
+            "n_jobs": INT,
+            "percent_succeeded": {**NINT, "description": "integer percentage of jobs that succeeded"},
+            "columns": {"type": "array", "items": STR, "description": "the columns of the table, in order"},
+            "total": _ref("BpsCounts"),
+            "labels": {
+                "type": "array",
+                "items": _obj({"label": STR, "task_id": INT, "counts": _ref("BpsCounts")}),
+                "description": "one row per task (pipeline label), in submission order",
             },
         }
     ),
@@ -415,11 +469,13 @@ _PATHS: dict[str, Any] = {
             "Submit a workflow: all jobs are stored, or none",
             "submitWorkflow",
             "workflows",
-            _ok("Submitted", "stored; the jobs are ready", "201"),
+            _ok("Submitted", "stored; jobs without unmet inputs are ready", "201"),
             body="SubmitRequest",
             description="Every job is validated and brokered first; one refused job refuses the whole "
             "request (400 with 'problems' listing each). Shell jobs give 'command'; python jobs give "
-            "'buffer_b64'.",
+            "'buffer_b64'. Jobs with 'inputs'/'outputs'/'parents' form a graph that is checked as a "
+            "whole (cycles, duplicate names, unknown parents, two writers of a product, inputs without "
+            "a producer are refused); such jobs are stored pending until their inputs are available.",
         ),
         "get": _op(
             "List workflows, newest first",
@@ -448,6 +504,19 @@ _PATHS: dict[str, Any] = {
             params=[WORKFLOW_ID, LIMIT, OFFSET],
             not_found=True,
         )  # fmt: skip
+    },
+    "/workflows/{workflow_id}/report": {
+        "get": _op(
+            "A workflow's jobs by task (label) and BPS state, as `bps report` shows them",
+            "getWorkflowReport",
+            "workflows",
+            _ok("Report"),
+            params=[WORKFLOW_ID],
+            not_found=True,
+            description="Pandaflow job states map to BPS WmsStates: pending UNREADY, ready READY, "
+            "dispatched PENDING, running RUNNING, cancelled DELETED, held HELD, finished SUCCEEDED, "
+            "failed FAILED, pruned PRUNED.",
+        )
     },
     "/workflows/{workflow_id}/cancel": {
         "post": _op(

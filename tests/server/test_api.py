@@ -496,3 +496,41 @@ def test_the_openapi_document_declares_bearer_auth_and_resolves_every_reference(
         target = document
         for part in ref.removeprefix("#/").split("/"):
             target = target[part]
+
+
+# ---------------------------------------------------------------- DAG files and the bps report
+
+
+def test_a_dag_file_submitted_over_rest_is_reported_per_label(api, workload, tmp_path):
+    from pandaflow import dagfile
+
+    path = tmp_path / "dag.yaml"
+    path.write_text(
+        "name: rubin\navailable: [raw/1, raw/2]\ntasks:\n  isr: {command: 'isr {name}'}\n"
+        "  merge: {command: 'merge {inputs}'}\njobs:\n"
+        "  - {name: isr-1, task: isr, inputs: [raw/1], outputs: [post/1]}\n"
+        "  - {name: isr-2, task: isr, inputs: [raw/2], outputs: [post/2]}\n"
+        "  - {name: merge, task: merge, inputs: [post/1, post/2]}\n"
+    )
+    reply = api.post(f"{PREFIX}/workflows", json=dagfile.load(path).body)
+    assert reply.status_code == 201, reply.get_json()
+    wid = reply.get_json()["workflow_id"]
+    pilot = workload.pilot()
+    first, _second = workload.dispatch(pilot)
+    workload.report(first, ok=True)
+    report = api.get(f"{PREFIX}/workflows/{wid}/report").get_json()
+    assert report["name"] == "rubin" and report["bps_state"] == "RUNNING"
+    by_label = {x["label"]: x["counts"] for x in report["labels"]}
+    isr = {column: n for column, n in by_label["isr"].items() if n}
+    assert isr == {"SUCCEEDED": 1, "PENDING": 1, "EXPECTED": 2}  # one finished, one dispatched
+    assert by_label["merge"]["UNREADY"] == 1 and report["total"]["EXPECTED"] == 3
+
+
+def test_the_report_of_an_unknown_workflow_is_a_404(api):
+    reply = api.get(f"{PREFIX}/workflows/99/report")
+    assert reply.status_code == 404 and "no workflow 99" in reply.get_json()["error"]
+
+
+def test_the_report_takes_no_query_parameters(api, workload):
+    workload.submit([{"name": "a"}])
+    assert api.get(f"{PREFIX}/workflows/1/report?label=isr").status_code == 400

@@ -137,3 +137,14 @@ def test_the_rest_api_refuses_a_cycle_with_400(api):
                                        {"name": "b", "command": "true", "parents": ["a"]}]},
     )  # fmt: skip
     assert reply.status_code == 400 and "cycle" in reply.json["error"]
+
+
+def test_a_product_declared_available_cannot_also_be_written(workload, engine):
+    with pytest.raises(SubmissionError, match="declared available but job 'a' writes it"):
+        from pandaflow.server.submission import WorkflowBook, store, validate
+
+        clean = validate([{"name": "a", "command": "true", "outputs": ["raw"]}], workload.broker)
+        with engine.begin() as conn:
+            store(conn, clean, WorkflowBook(), workflow="w", available=["raw"])
+    with engine.connect() as conn:
+        assert conn.execute(select(func.count()).select_from(s.jobs)).scalar() == 0

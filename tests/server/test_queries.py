@@ -140,3 +140,45 @@ def test_an_active_pilots_heartbeat_age_is_measured_from_now(conn, workload, eng
     [pilot] = queries.list_pilots(conn, now=1012.5)["pilots"]
     assert pilot["heartbeat_age_s"] == 12.5
     assert pilot["last_heartbeat_at"] == "1970-01-01T00:16:40.000Z"
+
+
+# ---------------------------------------------------------------- bps report
+
+
+def test_the_report_maps_every_state_to_its_bps_column(engine, conn, workload):
+    ids = workload.submit([{"name": state, "task": "label"} for state in ALL_STATES])
+    with engine.begin() as write:
+        for job_id, state in zip(ids, ALL_STATES, strict=True):
+            write.execute(update(s.jobs).where(s.jobs.c.id == job_id).values(status=state))
+    report = queries.report(conn, 1)
+    expected = dict.fromkeys(queries.BPS_COLUMNS, 1) | {"EXPECTED": len(ALL_STATES)}
+    assert report["total"] == expected
+    assert report["labels"] == [{"label": "label", "task_id": 1, "counts": expected}]
+    assert report["columns"] == ["UNREADY", "READY", "PENDING", "RUNNING", "DELETED", "HELD", "SUCCEEDED",
+                                 "FAILED", "PRUNED", "EXPECTED"]  # fmt: skip
+
+
+def test_the_report_lists_labels_in_submission_order_with_the_total(conn, workload):
+    workload.submit(
+        [{"name": "a", "task": "isr"}, {"name": "b", "task": "calibrate"}, {"name": "c", "task": "isr"},
+         {"name": "d", "task": "merge", "parents": ["b"]}]
+    )  # fmt: skip
+    report = queries.report(conn, 1)
+    assert [(x["label"], x["counts"]["EXPECTED"]) for x in report["labels"]] == [
+        ("isr", 2), ("calibrate", 1), ("merge", 1)
+    ]  # fmt: skip
+    assert report["total"]["READY"] == 3 and report["total"]["UNREADY"] == 1
+    assert report["n_jobs"] == 4 and report["status"] == "running" and report["bps_state"] == "RUNNING"
+
+
+def test_the_report_of_a_finished_workflow_says_succeeded_and_100_percent(conn, workload):
+    [job_id] = workload.submit([{"name": "only"}])
+    workload.dispatch(workload.pilot())
+    workload.report(job_id, ok=True)
+    report = queries.report(conn, 1)
+    assert report["bps_state"] == "SUCCEEDED" and report["percent_succeeded"] == 100
+
+
+def test_the_report_of_an_unknown_workflow_raises_not_found(conn):
+    with pytest.raises(queries.NotFound, match="no workflow 9"):
+        queries.report(conn, 9)

@@ -1,0 +1,390 @@
+"""DAG files: a workflow of jobs linked by data products, written as JSON or YAML.
+
+A DAG file names the workflow, the data products that exist already (``available``), the
+resource defaults of each task (pipeline label) and the jobs, each with the products it reads
+(``inputs``) and writes (``outputs``) and/or the jobs it waits for (``parents``). The format
+is described in ``docs/dag.md``.
+
+:func:`load` reads and validates a file once, with errors that name the file and the key path
+(``dag.yaml: jobs[3].inputs: expected a list of names``), checks the graph itself with the
+server's own rules (:func:`pandaflow.server.dag.check`: duplicate names, unknown parents, two
+writers, inputs nobody writes, cycles), expands the task defaults into every job and returns
+a :class:`DagFile` whose :attr:`~DagFile.body` is what ``POST /api/v1/workflows`` takes.
+"""
+
+from __future__ import annotations
+
+import json
+import string
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pandaflow.server import dag
+
+#: Keys of a task's defaults; every one but ``command`` may be overridden per job.
+TASK_KEYS = (
+    "command", "cores", "memory_mb", "disk_mb", "walltime_s", "priority", "queue", "max_attempts", "env",
+    "memory_multiplier", "memory_max_mb", "retry_unless_exit",
+)  # fmt: skip
+#: Keys of a job.
+JOB_KEYS = ("name", "task", "label", "vars", "inputs", "outputs", "parents", *TASK_KEYS)
+TOP_KEYS = ("name", "owner", "available", "tasks", "jobs")
+DEFAULT_TASK = "default"
+
+_INT_MAX = 2**31 - 1  # the server's integer columns are 32-bit
+_NAME_MAX = 255  # job, task and workflow names (column sizes on the server)
+_PRODUCT_MAX = 500  # product names
+_MINIMUM = {"cores": 1, "memory_mb": 0, "disk_mb": 0, "max_attempts": 1, "memory_max_mb": 1}
+
+
+class DagFileError(ValueError):
+    """A DAG file that cannot be submitted; ``problems`` holds every ``file: key: what`` message."""
+
+    def __init__(self, problems: list[str]):
+        self.problems = problems
+        shown = "\n  ".join(problems[:20])
+        more = f"\n  (and {len(problems) - 20} more)" if len(problems) > 20 else ""
+        super().__init__(f"{len(problems)} problem(s) in the DAG file:\n  {shown}{more}")
+
+
+@dataclass
+class DagFile:
+    """A validated DAG file, task defaults already expanded into its jobs."""
+
+    path: str
+    name: str
+    owner: str | None
+    available: list[str]
+    jobs: list[dict[str, Any]]  # job specs as the REST API takes them
+    labels: dict[str, int] = field(default_factory=dict)  # task -> number of jobs, in file order
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """The request body of ``POST /api/v1/workflows``."""
+        body: dict[str, Any] = {"name": self.name, "jobs": self.jobs}
+        if self.owner is not None:
+            body["owner"] = self.owner
+        if self.available:
+            body["available"] = self.available
+        return body
+
+    def roots(self) -> list[str]:
+        """Names of the jobs that are ready as soon as the workflow is stored (no unmet input)."""
+        have = set(self.available)
+        return [
+            j["name"]
+            for j in self.jobs
+            if not j.get("parents") and all(p in have for p in j.get("inputs", ()))
+        ]
+
+    def plan(self) -> dict[str, Any]:
+        """What a submission would store: jobs per task, the roots, and the number of products."""
+        roots = self.roots()
+        products = {p for j in self.jobs for p in j.get("outputs", ())}
+        return {
+            "file": self.path,
+            "name": self.name,
+            "n_jobs": len(self.jobs),
+            "tasks": dict(self.labels),
+            "n_products": len(products),
+            "available": len(self.available),
+            "n_roots": len(roots),
+            "roots": roots,
+        }
+
+
+# ---------------------------------------------------------------- reading
+
+
+def read(path: str | Path) -> Any:
+    """The parsed content of a JSON or YAML file (``.json`` is JSON; anything else is YAML,
+    which also reads JSON). Raises :class:`DagFileError` naming the file and the position."""
+    where = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise DagFileError([f"{where}: no such file"]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DagFileError([f"{where}: cannot read it: {exc}"]) from None
+    if str(path).lower().endswith(".json"):
+        try:
+            return json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise DagFileError(
+                [f"{where}: line {exc.lineno} column {exc.colno}: not valid JSON: {exc.msg}"]
+            ) from None
+    try:
+        import yaml
+    except ImportError:
+        raise DagFileError(
+            [f"{where}: reading YAML needs PyYAML (pip install pyyaml), or write the DAG as .json"]
+        ) from None
+    loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # the C loader is ~10x faster on big DAGs
+    try:
+        return yaml.load(text, Loader=loader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        at = f"line {mark.line + 1} column {mark.column + 1}: " if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise DagFileError([f"{where}: {at}not valid YAML: {problem}"]) from None
+
+
+def load(path: str | Path) -> DagFile:
+    """Read, validate and expand a DAG file; raise :class:`DagFileError` listing every problem."""
+    return parse(read(path), str(path))
+
+
+# ---------------------------------------------------------------- validation
+
+
+class _Checker:
+    """Collects ``file: key.path: message`` problems while reading the document."""
+
+    def __init__(self, where: str):
+        self.where = where
+        self.problems: list[str] = []
+
+    def bad(self, key: str, message: str) -> None:
+        self.problems.append(f"{self.where}: {key}: {message}" if key else f"{self.where}: {message}")
+
+    def name(self, key: str, value: Any, limit: int = _NAME_MAX) -> str | None:
+        if not isinstance(value, str) or not value.strip():
+            self.bad(key, f"expected a non-empty string, got {_show(value)}")
+            return None
+        if len(value) > limit:
+            self.bad(key, f"expected at most {limit} characters, got {len(value)}")
+            return None
+        return value
+
+    def names(self, key: str, value: Any) -> list[str] | None:
+        if not isinstance(value, list):
+            self.bad(key, f"expected a list of names, got {_show(value)}")
+            return None
+        ok = [self.name(f"{key}[{i}]", v, _PRODUCT_MAX) for i, v in enumerate(value)]
+        return None if None in ok else list(value)
+
+    def resource(self, key: str, field_name: str, value: Any) -> Any:
+        """A task default or job override, checked by type and range; None when refused."""
+        if field_name == "command":
+            if not isinstance(value, str) or not value.strip():
+                self.bad(key, f"expected a non-empty command string, got {_show(value)}")
+                return None
+            return value
+        if field_name == "queue":
+            return self.name(key, value, 128)
+        if field_name == "env":
+            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
+                self.bad(key, f"expected a mapping of variable names to strings, got {_show(value)}")
+                return None
+            bad = [k for k, v in value.items() if not isinstance(v, str | int | float) or isinstance(v, bool)]
+            if bad:
+                self.bad(f"{key}.{bad[0]}", f"expected a string value, got {_show(value[bad[0]])}")
+                return None
+            return {k: str(v) for k, v in value.items()}  # YAML reads `1` as a number
+        if field_name == "memory_multiplier":
+            if isinstance(value, bool) or not isinstance(value, int | float) or not 1 <= value <= 100:
+                self.bad(key, f"expected a number from 1 to 100, got {_show(value)}")
+                return None
+            return value
+        if field_name == "retry_unless_exit":
+            if not isinstance(value, list) or not all(
+                isinstance(c, int) and not isinstance(c, bool) for c in value
+            ):
+                self.bad(key, f"expected a list of exit codes (integers), got {_show(value)}")
+                return None
+            return value
+        if field_name == "walltime_s":
+            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
+                self.bad(key, f"expected a positive number of seconds, got {_show(value)}")
+                return None
+            return value
+        # integer fields
+        low = _MINIMUM.get(field_name, -_INT_MAX - 1)
+        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= _INT_MAX:
+            self.bad(key, f"expected an integer from {low} to {_INT_MAX}, got {_show(value)}")
+            return None
+        return value
+
+
+def _show(value: Any) -> str:
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "nothing (null)"
+    text = repr(value)
+    return f"{type(value).__name__} {text[:60]}"
+
+
+def _unknown(check: _Checker, key: str, given: dict, allowed: tuple[str, ...]) -> bool:
+    unknown = sorted(set(given) - set(allowed), key=str)
+    for k in unknown:
+        check.bad(f"{key}.{k}" if key else str(k), f"unknown key; allowed: {', '.join(allowed)}")
+    return bool(unknown)
+
+
+def _tasks(check: _Checker, raw: Any) -> dict[str, dict[str, Any]]:
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        check.bad("tasks", f"expected a mapping of task (label) names to defaults, got {_show(raw)}")
+        return {}
+    tasks: dict[str, dict[str, Any]] = {}
+    for label, spec in raw.items():
+        key = f"tasks.{label}"
+        if check.name(key, label) is None:
+            continue
+        if spec is None:
+            spec = {}
+        if not isinstance(spec, dict):
+            check.bad(key, f"expected a mapping of defaults ({', '.join(TASK_KEYS)}), got {_show(spec)}")
+            continue
+        if _unknown(check, key, spec, TASK_KEYS):
+            continue
+        values = {k: check.resource(f"{key}.{k}", k, v) for k, v in spec.items()}
+        if None not in values.values():
+            tasks[label] = values
+    return tasks
+
+
+def _template_fields(template: str) -> list[str]:
+    """The placeholders of a command template (``{name}``, ``{visit:03d}`` -> name, visit)."""
+    found = []
+    for _text, name, _spec, _conv in string.Formatter().parse(template):
+        if name is not None:
+            found.append(name)
+    return found
+
+
+def _command(check: _Checker, key: str, template: str, values: dict[str, Any]) -> str | None:
+    try:
+        fields = _template_fields(template)
+    except ValueError as exc:
+        check.bad(key, f"not a valid command template ({exc}); write {{{{ and }}}} for literal braces")
+        return None
+    missing = [f for f in fields if not f.isidentifier() or f not in values]
+    if missing:
+        check.bad(
+            key,
+            f"unknown placeholder {{{missing[0]}}}; known here: {', '.join(sorted(values))} "
+            "(add it to the job's vars, or write {{ and }} for literal braces)",
+        )
+        return None
+    try:
+        return template.format_map(values)
+    except (ValueError, TypeError, IndexError, KeyError) as exc:
+        check.bad(key, f"cannot fill the command template: {exc}")
+        return None
+
+
+def _job(
+    check: _Checker, i: int, raw: Any, tasks: dict[str, dict[str, Any]], declared: bool
+) -> dict[str, Any] | None:
+    key = f"jobs[{i}]"
+    if not isinstance(raw, dict):
+        check.bad(key, f"expected a mapping (a job), got {_show(raw)}")
+        return None
+    if _unknown(check, key, raw, JOB_KEYS):
+        return None
+    before = len(check.problems)
+    name = check.name(f"{key}.name", raw.get("name"))
+    if "task" in raw and "label" in raw:
+        check.bad(f"{key}.label", "give 'task' or its alias 'label', not both")
+    task_key = "label" if "label" in raw else "task"
+    label = DEFAULT_TASK
+    if task_key in raw:
+        label = check.name(f"{key}.{task_key}", raw[task_key]) or DEFAULT_TASK
+        if declared and label not in tasks:
+            check.bad(
+                f"{key}.{task_key}",
+                f"unknown task {label!r}; tasks declared: {', '.join(tasks) or '(none)'} "
+                "(declare it under 'tasks' or fix the name)",
+            )
+    dag_fields = {k: check.names(f"{key}.{k}", raw[k]) for k in ("inputs", "outputs", "parents") if k in raw}
+    variables = raw.get("vars", {})
+    if not isinstance(variables, dict) or not all(isinstance(k, str) and k.isidentifier() for k in variables):
+        check.bad(f"{key}.vars", f"expected a mapping of identifiers to values, got {_show(variables)}")
+        variables = {}
+    overrides = {k: check.resource(f"{key}.{k}", k, raw[k]) for k in TASK_KEYS if k in raw}
+    if len(check.problems) > before:
+        return None
+    defaults = tasks.get(label, {})
+    job: dict[str, Any] = {"name": name, "task": label}
+    for k in TASK_KEYS:
+        if k == "env":
+            env = {**defaults.get("env", {}), **overrides.get("env", {})}
+            if env:
+                job["env"] = env
+        elif k in overrides:
+            job[k] = overrides[k]
+        elif k in defaults:
+            job[k] = defaults[k]
+    job.update({k: v for k, v in dag_fields.items() if v})
+    if "command" not in job:
+        where = f"tasks.{label}.command" if label in tasks else f"{key}.command"
+        check.bad(f"{key}.command", f"missing: give the job a command, or its task a template ({where})")
+        return None
+    values = {
+        "name": name,
+        "task": label,
+        "label": label,
+        "inputs": " ".join(job.get("inputs", ())),
+        "outputs": " ".join(job.get("outputs", ())),
+        **variables,
+    }
+    # A task's template is filled per job: name the job, and where the template came from.
+    source = f"{key}.command" if "command" in overrides else f"{key}.command (template of tasks.{label})"
+    command = _command(check, source, job["command"], values)
+    if command is None:
+        return None
+    job["command"] = command
+    return job
+
+
+def parse(doc: Any, where: str = "<dag>") -> DagFile:
+    """Validate a parsed DAG document (``where`` names it in messages) and expand its jobs."""
+    check = _Checker(where)
+    if not isinstance(doc, dict):
+        raise DagFileError([f"{where}: expected a mapping with {', '.join(TOP_KEYS)}, got {_show(doc)}"])
+    _unknown(check, "", doc, TOP_KEYS)
+    name = check.name("name", doc.get("name"))
+    owner = doc.get("owner")
+    if owner is not None:
+        owner = check.name("owner", owner, 128)
+    available = check.names("available", doc["available"]) if "available" in doc else []
+    tasks = _tasks(check, doc.get("tasks"))
+    raw_jobs = doc.get("jobs")
+    jobs: list[dict[str, Any]] = []
+    if not isinstance(raw_jobs, list) or not raw_jobs:
+        check.bad("jobs", f"expected a non-empty list of jobs, got {_show(raw_jobs)}")
+    else:
+        declared = doc.get("tasks") is not None
+        for i, raw in enumerate(raw_jobs):
+            job = _job(check, i, raw, tasks, declared)
+            if job is not None:
+                jobs.append(job)
+    if check.problems:
+        raise DagFileError(check.problems)
+    declared_available = set(available or ())
+    for i, job in enumerate(jobs):
+        for product in job.get("outputs", ()):
+            if product in declared_available:
+                check.bad(
+                    f"jobs[{i}].outputs",
+                    f"product {product!r} is declared available and also written by job {job['name']!r}; "
+                    "drop it from one of the two",
+                )
+    if check.problems:
+        raise DagFileError(check.problems)
+    graph = dag.check(jobs, available or ())
+    if graph:
+        # The server's messages start with jobs[i] or name the jobs; both are keys under 'jobs'.
+        raise DagFileError(
+            [f"{where}: {p}" if p.startswith("jobs[") else f"{where}: jobs: {p}" for p in graph]
+        )
+    labels = dict(Counter(j["task"] for j in jobs))
+    return DagFile(path=where, name=name or "", owner=owner, available=list(available or []), jobs=jobs,
+                   labels=labels)  # fmt: skip

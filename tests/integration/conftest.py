@@ -1,0 +1,140 @@
+"""Integration fixtures: a database per test (SQLite file or a fresh PostgreSQL database), a
+real job server subprocess, pilot subprocesses and a parsl DataFlowKernel attached to the server.
+
+PostgreSQL comes from ``$PANDAFLOW_TEST_PG_URL`` (a role allowed to CREATE DATABASE). Without it
+the postgres cases are skipped, unless ``PANDAFLOW_TEST_PG_REQUIRED=1`` (CI) makes them fail.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import uuid
+
+import pytest
+from pfharness import PilotProcess, ServerProcess, connected, heartbeating, wait_until
+from sqlalchemy.engine import make_url
+
+from pandaflow.executors import PandaExecutor
+from pandaflow.server.db import make_engine
+
+PG_URL_VARIABLE = "PANDAFLOW_TEST_PG_URL"
+PG_REQUIRED_VARIABLE = "PANDAFLOW_TEST_PG_REQUIRED"
+
+
+def _postgres_database():
+    """Create ``pf_<random>`` on the test server; yield its SQLAlchemy URL; drop it afterwards."""
+    import psycopg
+
+    base = os.environ.get(PG_URL_VARIABLE)
+    if not base:
+        if os.environ.get(PG_REQUIRED_VARIABLE) == "1":
+            pytest.fail(
+                f"{PG_REQUIRED_VARIABLE}=1 but {PG_URL_VARIABLE} is not set: the postgres integration "
+                "tests must run here; start PostgreSQL (scripts/postgres.sh) and export its URL",
+                pytrace=False,
+            )
+        pytest.skip(f"{PG_URL_VARIABLE} is not set (no PostgreSQL for the integration tests)")
+    url = make_url(base)
+    admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
+    name = f"pf_{uuid.uuid4().hex[:16]}"
+    with psycopg.connect(admin, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path):
+    """A fresh, empty database: a SQLite file, or a new PostgreSQL database dropped afterwards."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'pandaflow.db'}"
+    else:
+        yield from _postgres_database()
+
+
+@pytest.fixture
+def sqlite_url(tmp_path):
+    """For the tests that need not run on both databases."""
+    return f"sqlite:///{tmp_path / 'pandaflow.db'}"
+
+
+@pytest.fixture(autouse=True)
+def _processes(process_tag, monkeypatch):
+    """Every integration test kills what it started, whatever happens; and pilots can import the
+    test modules, where the apps are defined (parsl pickles functions by reference)."""
+    here = os.path.dirname(os.path.abspath(__file__))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
+    return process_tag
+
+
+@pytest.fixture
+def token() -> str:
+    return secrets.token_urlsafe(16)
+
+
+@pytest.fixture
+def start_server(tmp_path, token):
+    """``start_server(db_url)`` runs a job server subprocess (0.5 s heartbeats, lost after 2 s)."""
+    servers: list[ServerProcess] = []
+
+    def start(url: str, **options) -> ServerProcess:
+        srv = ServerProcess(url, tmp_path / f"server{len(servers)}", token, **options)
+        servers.append(srv)
+        return srv.start()
+
+    yield start
+    for srv in servers:
+        srv.stop()
+        print(f"----- {srv.log_path} (end) -----\n{srv.log()}")  # shown when the test failed
+
+
+@pytest.fixture
+def server(db_url, start_server) -> ServerProcess:
+    # db_url first: its database is dropped only after the server has stopped.
+    return start_server(db_url)
+
+
+@pytest.fixture
+def start_pilot(tmp_path, token):
+    """``start_pilot(server, cores=1, name=None, heartbeat=False)`` runs a pilot subprocess on the
+    server's queue; with ``heartbeat=True`` it returns once the server has had a heartbeat from it."""
+    pilots: list[PilotProcess] = []
+
+    def start(srv: ServerProcess, heartbeat: bool = False, **options) -> PilotProcess:
+        pilot = PilotProcess(srv.zmq_endpoint, token, tmp_path / "pilots", **options)
+        pilots.append(pilot)
+        pilot.start()
+        if heartbeat:
+            wait_until(lambda: heartbeating(srv, pilot.name), timeout=60, what=f"a heartbeat of {pilot.name}",
+                       interval=0.1)  # fmt: skip
+        return pilot
+
+    yield start
+    for pilot in pilots:
+        pilot.stop()
+        print(f"----- {pilot.log_path} (end) -----\n{pilot.log()}")  # shown when the test failed
+
+
+@pytest.fixture
+def db(server):
+    """A SQLAlchemy engine on the server's database, for looking at what it recorded."""
+    engine = make_engine(server.db_url, pool_size=2)
+    yield engine
+    engine.dispose()
+
+
+@pytest.fixture
+def attach(load_parsl, token):
+    """``attach(server)`` loads parsl with a PandaExecutor attached to the running server."""
+
+    def load(srv: ServerProcess, **options) -> PandaExecutor:
+        executor = PandaExecutor(label="panda", server_url=srv.url, token=token, **options)
+        load_parsl(executor)
+        connected(executor)
+        return executor
+
+    return load
