@@ -309,3 +309,15 @@ register(
     shape=kubernetes_shape,
     description="pilot Jobs or Pods on a Kubernetes cluster (GKE too), over the REST API",
 )
+register(
+    "google_batch",
+    "pandaflow.providers.googlecloud:GoogleBatchProvider",
+    shape=kubernetes_shape,
+    description="pilot jobs on Google Cloud Batch VMs (SPOT or STANDARD), through google-cloud-batch",
+)
+register(
+    "globus_compute",
+    "pandaflow.providers.globus_compute:GlobusComputeProvider",
+    shape=kubernetes_shape,
+    description="pilots as functions on a Globus Compute endpoint (HPC), through globus-compute-sdk",
+)
