@@ -245,6 +245,7 @@ class Harvester:
             cores=limits.worker_cores,
             memory_mb=limits.worker_memory_mb,
             where=f"queue {queue.name!r} provider",
+            preemptible=queue.setting("preemptible"),
         )
         self._providers[queue.name] = (key, instance)
         return instance

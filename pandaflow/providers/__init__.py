@@ -228,10 +228,12 @@ def build(
     cores: int = 1,
     memory_mb: int | None = None,
     where: str = "provider",
+    preemptible: bool | None = None,
 ) -> Any:
     """Construct the provider a block describes, for workers of ``cores`` and ``memory_mb``.
 
-    Keys the block leaves out that describe a worker's size are filled in from the queue.
+    Keys the block leaves out that describe a worker's size are filled in from the queue, and so
+    is ``preemptible`` (spot VMs) for providers that take it.
     Raises :class:`ProviderConfigError` for a bad block, and whatever the provider raises
     when it cannot start (a missing ``sacct``, an unreachable API).
     """
@@ -241,6 +243,8 @@ def build(
     cls = kind.cls()
     signature, _ = _signature(cls)
     values = {k: v for k, v in kind.shape(signature, cores, memory_mb).items() if k not in kwargs}
+    if preemptible is not None and "preemptible" in signature.parameters and "preemptible" not in kwargs:
+        values["preemptible"] = bool(preemptible)
     values.update(kwargs)
     if "launcher" in values:
         import parsl.launchers

@@ -391,3 +391,16 @@ def _job_with(state: str, exit_code: int, description: str) -> batch_v1.Job:
     return batch_v1.Job(
         status=batch_v1.JobStatus(state=batch_v1.JobStatus.State[state], status_events=[event])
     )
+
+
+def test_a_preemptible_queue_gives_its_provider_spot_vms_without_repeating_itself(tmp_path):
+    from pandaflow import providers
+
+    block = {"name": "google_batch", "project": "rubin-idf", "region": "us-central1", "image": "pandaflow:1"}
+
+    def build(spot: bool):
+        return providers.build(
+            block, script_dir=str(tmp_path / str(spot)), cores=4, memory_mb=14000, preemptible=spot
+        )
+
+    assert (build(True).settings.spot, build(False).settings.spot) == (True, False)
