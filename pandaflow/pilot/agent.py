@@ -8,6 +8,7 @@ import logging
 import os
 import signal
 import socket
+import threading
 import time
 import uuid
 from collections import deque
@@ -156,17 +157,28 @@ class Pilot:
     # ---------------------------------------------------------------- loop
     def run(self) -> int:
         """Run until idle timeout, SIGTERM or a fatal server refusal; returns the exit code."""
-        problems = check_environment(self.cfg.workdir, self.cfg.min_free_disk_mb)
-        if problems:
-            log.error(
-                "environment check failed (error %d): %s", ErrorCode.ENV_CHECK_FAILED, "; ".join(problems)
-            )
-            return int(ErrorCode.ENV_CHECK_FAILED) % 256 or 1
         # Payloads must not inherit the pilot's credential.
         os.environ.pop("PANDAFLOW_TOKEN", None)
+        # The environment check and the warm workers both import the payload modules (about a
+        # second each); run them side by side, and register only once both are through.
+        checked: list[str] = []
+        checker = threading.Thread(
+            target=lambda: checked.extend(check_environment(self.cfg.workdir, self.cfg.min_free_disk_mb)),
+            name="pandaflow-envcheck",
+        )
+        checker.start()
+        try:
+            self.runner.start()
+        finally:
+            checker.join()
+        if checked:
+            log.error(
+                "environment check failed (error %d): %s", ErrorCode.ENV_CHECK_FAILED, "; ".join(checked)
+            )
+            self.runner.stop()
+            return int(ErrorCode.ENV_CHECK_FAILED) % 256 or 1
         signal.signal(signal.SIGTERM, self._on_term)
         signal.signal(signal.SIGINT, self._on_term)
-        self.runner.start()
         self.sock.connect(self.cfg.zmq_endpoint)
         self.register()
         poller = zmq.Poller()

@@ -246,10 +246,11 @@ class Dispatcher:
         self._assign(conn, now, outbox)
 
     def _flush(self, outbox, notify) -> None:
-        for identity, message in outbox:
-            self._send(identity, message)
+        # Results first: a client waits on them, while pilot acknowledgements are housekeeping.
         for client, results in notify.items():
             self._send(client.encode(), {"op": "results", "results": results})
+        for identity, message in outbox:
+            self._send(identity, message)
         outbox.clear()
         notify.clear()
 
