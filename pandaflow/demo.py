@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
+import sys
 import time
 from collections import Counter
 
@@ -120,24 +122,28 @@ def main(argv: list[str] | None = None) -> int:
     print(f"{sum(outcome.values())} app futures in {elapsed:.1f} s: {dict(outcome)}")
     for message, count in errors.most_common():
         print(f"  {count:4d} x {message}")
-    _print_server_summary(db_url)
+    example = _print_server_summary(db_url)
     print()
+    # The venv's own command, unless it is the one on PATH (./scripts/demo.sh does not activate it).
+    exe = os.path.join(os.path.dirname(sys.executable), "pandaflow")
+    cli = "pandaflow" if shutil.which("pandaflow") == exe else exe
     print("Inspect this run (the embedded server has stopped; the CLI reads its database):")
     for cmd in (
         "status",
         "workflows",
         "jobs --status failed",
         "jobs --limit 20",
-        "job 1",
-        "logs 1",
+        f"job {example}",
+        f"logs {example}",
         "errorcodes",
     ):
-        print(f"  pandaflow --db {db_url} {cmd}")
-    print("Or serve it: pandaflow server --db " + db_url + "  (then the same commands without --db)")
+        print(f"  {cli} --db {db_url} {cmd}")
+    print(f"Or serve it: {cli} server --db {db_url}  (then the same commands without --db)")
     return 0
 
 
-def _print_server_summary(db_url: str) -> None:
+def _print_server_summary(db_url: str) -> int:
+    """Print what the server recorded; return a job worth looking at (retried, else the first)."""
     from sqlalchemy import func, select
 
     from pandaflow.server import schema as s
@@ -153,6 +159,8 @@ def _print_server_summary(db_url: str) -> None:
             .where(s.jobs.c.status == "failed")
             .group_by(s.jobs.c.error_code)
         ).all()
+        example = conn.execute(select(func.min(s.jobs.c.id)).where(s.jobs.c.attempt > 1)).scalar()
+        example = example or conn.execute(select(func.min(s.jobs.c.id))).scalar() or 1
     engine.dispose()
     print(
         f"server: jobs by state {by_state}; {attempts} attempts recorded; {retried} jobs retried by pandaflow"
@@ -160,6 +168,7 @@ def _print_server_summary(db_url: str) -> None:
     if codes:
         for code, count in codes:
             print(f"  {count:4d} failed with error {code}: {describe(code)}")
+    return example
 
 
 if __name__ == "__main__":
