@@ -303,6 +303,32 @@ def submit_workflow():
     return response
 
 
+@api.post("/workflows/<int:workflow_id>/jobs")
+def append_jobs(workflow_id: int):
+    """Add jobs to a workflow: a large DAG goes in pieces, each all-or-nothing; a piece may read
+    products that earlier pieces write."""
+    body = _body(required=("jobs",), optional=("available",))
+    jobs, available = body["jobs"], body.get("available", [])
+    if not isinstance(available, list) or not all(isinstance(a, str) and a for a in available):
+        raise ApiError(400, "'available' must be a list of data product names that exist already")
+    if not isinstance(jobs, list) or not jobs:
+        raise ApiError(400, "'jobs' must be a non-empty list of job objects")
+    st = state()
+    with st.engine.connect() as conn:
+        if conn.execute(select(s.workflows.c.id).where(s.workflows.c.id == workflow_id)).first() is None:
+            raise ApiError(404, f"no workflow {workflow_id}; create it with POST /api/v1/workflows")
+    clean = submission.validate(_decode_buffers(jobs), st.broker)
+    with st.engine.begin() as conn:
+        stored = submission.store(
+            conn, clean, submission.WorkflowBook(), workflow_id=workflow_id, available=available
+        )
+    if stored.queues:
+        _poke({"kind": "ready", "queues": sorted(stored.queues)})
+    response = jsonify(workflow_id=workflow_id, job_ids=stored.ids, duplicates=stored.duplicates)
+    response.status_code = 201
+    return response
+
+
 @api.get("/workflows")
 def list_workflows():
     args = _args("limit", "offset")

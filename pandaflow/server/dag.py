@@ -109,15 +109,23 @@ def _cycle(jobs: list[dict[str, Any]], writer: dict[str, str]) -> list[str]:
     return sorted(n for n, d in indegree.items() if d > 0)[:20]
 
 
-def edges(job: dict[str, Any]) -> tuple[list[str], list[str]]:
-    """The products a job reads and writes, parents turned into pseudo-products."""
+def edges(
+    job: dict[str, Any], parents: set[str] | frozenset[str] = frozenset()
+) -> tuple[list[str], list[str]]:
+    """The products a job reads and writes, parents turned into pseudo-products; a job writes
+    its pseudo-product only when it is in ``parents`` (named as a parent in the submission), so
+    a million-job graph of data products carries no extra rows."""
     inputs = list(
         dict.fromkeys([*(job.get("inputs") or ()), *(_PARENT + p for p in job.get("parents") or ())])
     )
     outputs = list(dict.fromkeys(job.get("outputs") or ()))
-    if job.get("name"):
+    if job.get("name") in parents:
         outputs.append(_PARENT + job["name"])
     return inputs, outputs
+
+
+def parents_named(jobs: Iterable[dict[str, Any]]) -> set[str]:
+    return {p for job in jobs for p in job.get("parents") or ()}
 
 
 def existing_products(conn: Connection, workflow_id: int) -> dict[str, tuple[int, str]]:
@@ -145,7 +153,8 @@ def store(
     sql = Sql(conn)
     ids = {name: pid for name, (pid, _status) in existing.items()}
     new: list[tuple] = [(workflow_id, name, AVAILABLE, None) for name in sorted(set(available) - set(ids))]
-    plan = [(job_id, *edges(job)) for job_id, job in jobs]
+    named = parents_named(job for _id, job in jobs)
+    plan = [(job_id, *edges(job, named)) for job_id, job in jobs]
     for job_id, _inputs, outputs in plan:
         new.extend((workflow_id, name, PENDING_PRODUCT, job_id) for name in outputs if name not in ids)
     cols = ("workflow_id", "name", "status", "producer_id")

@@ -304,6 +304,18 @@ _SCHEMAS: dict[str, Any] = {
         required=["name", "jobs"],
         additionalProperties=False,
     ),
+    "AppendRequest": _obj(
+        {
+            "jobs": {"type": "array", "items": _ref("JobSpec"), "minItems": 1},
+            "available": {
+                "type": "array",
+                "items": {"type": "string", "minLength": 1},
+                "description": "data products that exist already",
+            },
+        },
+        required=["jobs"],
+        additionalProperties=False,
+    ),
     "Submitted": _obj(
         {
             "workflow_id": INT,
@@ -516,6 +528,19 @@ _PATHS: dict[str, Any] = {
             description="Pandaflow job states map to BPS WmsStates: pending UNREADY, ready READY, "
             "dispatched PENDING, running RUNNING, cancelled DELETED, held HELD, finished SUCCEEDED, "
             "failed FAILED, pruned PRUNED.",
+        )
+    },
+    "/workflows/{workflow_id}/jobs": {
+        "post": _op(
+            "Add jobs to a workflow (a large DAG in pieces, each all or nothing)",
+            "appendJobs",
+            "workflows",
+            _ok("Submitted", "stored; jobs without unmet inputs are ready", "201"),
+            params=[WORKFLOW_ID],
+            body="AppendRequest",
+            not_found=True,
+            description="Validated like a submission; a piece may read products that earlier pieces "
+            "write. Parents name jobs of the same piece.",
         )
     },
     "/workflows/{workflow_id}/cancel": {

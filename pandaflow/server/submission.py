@@ -256,12 +256,13 @@ def store(
     clean: list[dict[str, Any]],
     book: WorkflowBook,
     *,
-    workflow: str,
+    workflow: str = "",
     client: str | None = None,
     owner: str = "",
     now: float | None = None,
     fresh: bool = False,
     available: Sequence[str] = (),
+    workflow_id: int | None = None,
 ) -> Submitted:
     """Insert validated jobs as ready (in the caller's transaction), skipping uids already stored.
 
@@ -270,10 +271,12 @@ def store(
     Jobs with ``inputs``/``outputs``/``parents`` are checked as a graph (see
     :mod:`pandaflow.server.dag`) and stored pending until their inputs are available;
     ``available`` names products that exist already. A graph problem raises
-    :class:`SubmissionError` before anything is written.
+    :class:`SubmissionError` before anything is written. With ``workflow_id`` the jobs are
+    appended to that workflow (a large DAG sent in pieces: later pieces may read the products
+    earlier ones write; ``parents`` name jobs of the same piece).
     """
     now = time.time() if now is None else now
-    wid = book.workflow(conn, workflow, client, owner, now)
+    wid = workflow_id if workflow_id is not None else book.workflow(conn, workflow, client, owner, now)
     out = Submitted(workflow_id=wid)
     sql = Sql(conn)
     existing: dict[str, int] = {}

@@ -148,3 +148,19 @@ def test_a_product_declared_available_cannot_also_be_written(workload, engine):
             store(conn, clean, WorkflowBook(), workflow="w", available=["raw"])
     with engine.connect() as conn:
         assert conn.execute(select(func.count()).select_from(s.jobs)).scalar() == 0
+
+
+def test_a_large_dag_can_be_sent_in_pieces_that_read_earlier_products(api):
+    first = api.post("/api/v1/workflows", json={"name": "big", "available": ["raw"], "jobs": [
+        {"name": "isr", "command": "true", "inputs": ["raw"], "outputs": ["postISR"]}]})  # fmt: skip
+    wid = first.json["workflow_id"]
+    second = api.post(f"/api/v1/workflows/{wid}/jobs", json={"jobs": [
+        {"name": "calib", "command": "true", "inputs": ["postISR"], "outputs": ["calexp"]}]})  # fmt: skip
+    assert second.status_code == 201, second.json
+    jobs = {j["name"]: j["status"] for j in api.get(f"/api/v1/jobs?workflow_id={wid}").json["jobs"]}
+    assert jobs == {"isr": "ready", "calib": "pending"}
+
+
+def test_appending_to_a_missing_workflow_is_404(api):
+    reply = api.post("/api/v1/workflows/999/jobs", json={"jobs": [{"command": "true"}]})
+    assert reply.status_code == 404 and "no workflow 999" in reply.json["error"]
