@@ -1,0 +1,171 @@
+"""GenericWorkflow -> pandaflow submission body (pandaflow.bps.workflow), with the real ctrl_bps
+test workflows; no server needed."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+bps = pytest.importorskip("lsst.ctrl.bps")
+gw_test_utils = pytest.importorskip("lsst.ctrl.bps.tests.gw_test_utils")
+
+from lsst.ctrl.bps import (  # noqa: E402
+    BpsConfig,
+    GenericWorkflow,
+    GenericWorkflowExec,
+    GenericWorkflowFile,
+    GenericWorkflowJob,
+)
+
+from pandaflow.bps import PandaflowService  # noqa: E402
+from pandaflow.bps.service import _fit_local  # noqa: E402
+from pandaflow.bps.workflow import BODY_FILE, TranslationError, to_body  # noqa: E402
+
+
+def _by_name(body):
+    return {j["name"]: j for j in body["jobs"]}
+
+
+def test_three_labels_become_tasks_with_pipetask_init_first_and_final_job_last():
+    body = to_body(gw_test_utils.make_3_label_workflow("run1", True))
+    jobs = body["jobs"]
+    assert body["name"] == "run1"
+    assert jobs[0]["name"] == "pipetaskInit" and "parents" not in jobs[0]
+    assert jobs[-1]["name"] == "finalJob"
+    assert sorted(jobs[-1]["parents"]) == sorted(j["name"] for j in jobs if j["task"] == "label3")
+    assert [j["task"] for j in jobs].count("label1") == 6
+    assert list(dict.fromkeys(j["task"] for j in jobs)) == [
+        "pipetaskInit",
+        "label1",
+        "label2",
+        "label3",
+        "finalJob",
+    ]
+
+
+def test_edges_of_the_generic_graph_become_parents():
+    jobs = _by_name(to_body(gw_test_utils.make_3_label_workflow("run1", False)))
+    assert jobs["label1_301_10"]["parents"] == ["pipetaskInit"]
+    assert jobs["label2_301_10"]["parents"] == ["label1_301_10"]
+    assert jobs["label3_10002_11"]["parents"] == ["label2_10002_11"]
+    assert "finalJob" not in jobs
+
+
+def test_noop_jobs_are_not_submitted_and_their_children_wait_for_their_parents():
+    jobs = _by_name(to_body(gw_test_utils.make_3_label_workflow_noop_sort("run1", True)))
+    assert not any(name.startswith("noop_") for name in jobs)
+    # label1 of visit 10001 waits (through noop_order1_301) for label2 of visit 301
+    assert set(jobs["label1_10001_10"]["parents"]) == {"pipetaskInit", "label2_301_10", "label2_301_11"}
+
+
+def test_groups_are_flattened_around_their_first_and_last_jobs():
+    jobs = _by_name(to_body(gw_test_utils.make_3_label_workflow_groups_sort("run1", True)))
+    assert not any(name.startswith("group_") for name in jobs)
+    assert jobs["label2_301_10"]["parents"] == ["label1_301_10"]
+    assert set(jobs["label3_301_10"]["parents"]) == {"label2_301_10", "label2_301_11"}
+    # the group of visit 10001 follows the group of visit 301
+    assert set(jobs["label1_10001_10"]["parents"]) == {"pipetaskInit", "label2_301_10", "label2_301_11"}
+
+
+def test_five_label_workflows_translate_with_every_job():
+    gwf = gw_test_utils.make_5_label_workflow("run5", True, True, True)
+    body = to_body(gwf)
+    assert len(body["jobs"]) == sum(1 for _ in gwf) + 1
+
+
+def _one_job_workflow(**fields) -> tuple[GenericWorkflow, GenericWorkflowJob]:
+    gwf = GenericWorkflow("one")
+    job = GenericWorkflowJob("job1", label="calibrate", executable=GenericWorkflowExec("exe", "/bin/echo"))
+    for key, value in fields.items():
+        setattr(job, key, value)
+    gwf.add_job(job)
+    return gwf, job
+
+
+def test_command_line_resolves_cmdvals_env_and_file_symbols():
+    gwf, job = _one_job_workflow(
+        arguments="-b <FILE:butlerConfig> --qgraph <FILE:runQgraphFile> -j {numProc} --home <ENV:HOME>",
+        cmdvals={"numProc": 4},
+    )
+    gwf.add_job_inputs(
+        "job1",
+        [
+            GenericWorkflowFile("butlerConfig", src_uri="<ENV:REPO_ROOT>/butler.yaml"),
+            GenericWorkflowFile("runQgraphFile", src_uri="/submit/run.qg"),
+        ],
+    )
+    command = to_body(gwf)["jobs"][0]["command"]
+    assert command == "/bin/echo -b ${REPO_ROOT}/butler.yaml --qgraph /submit/run.qg -j 4 --home ${HOME}"
+
+
+def test_a_placeholder_missing_from_cmdvals_is_an_error_naming_the_job():
+    gwf, _ = _one_job_workflow(arguments="-j {numProc}")
+    with pytest.raises(TranslationError, match=r"job1.*numProc"):
+        to_body(gwf)
+
+
+def test_memory_and_retry_settings_map_to_pandaflow_fields():
+    gwf, _ = _one_job_workflow(
+        request_memory=2048, memory_multiplier=2.0, request_memory_max=8192, number_of_retries=5,
+        retry_unless_exit=[1, 2], request_cpus=2, request_walltime="90", priority="10",
+        environment={"OMP_NUM_THREADS": "1", "DATA": "<ENV:HOME>/data"},
+    )  # fmt: skip
+    job = to_body(gwf)["jobs"][0]
+    assert job["memory_mb"] == 2048
+    assert job["memory_multiplier"] == 2.0
+    assert job["memory_max_mb"] == 8192
+    assert job["max_attempts"] == 6  # the first attempt plus numberOfRetries
+    assert job["retry_unless_exit"] == [1, 2]
+    assert job["cores"] == 2 and job["walltime_s"] == 5400 and job["priority"] == 10
+    assert job["env"] == {"OMP_NUM_THREADS": "1", "DATA": "${HOME}/data"}
+
+
+def test_a_single_retry_unless_exit_code_becomes_a_list_and_no_multiplier_means_no_growth():
+    gwf, _ = _one_job_workflow(request_memory=1000, memory_multiplier=None, retry_unless_exit=2)
+    job = to_body(gwf)["jobs"][0]
+    assert job["retry_unless_exit"] == [2]
+    assert "memory_multiplier" not in job and "memory_max_mb" not in job
+
+
+def test_prepare_writes_the_submission_body_to_the_submit_directory(tmp_path):
+    config = BpsConfig({"operator": "ann"})
+    gwf = gw_test_utils.make_3_label_workflow("run1", True)
+    workflow = PandaflowService(config).prepare(config, gwf, str(tmp_path))
+    written = json.loads((tmp_path / BODY_FILE).read_text())
+    assert written == workflow.body
+    assert written["owner"] == "ann" and len(written["jobs"]) == 20
+    assert workflow.run_id is None
+
+
+def test_local_runs_cap_cores_at_the_local_pilot():
+    body = {"name": "r", "jobs": [{"name": "a", "cores": 16}, {"name": "b"}]}
+    assert [j.get("cores") for j in _fit_local(body, 2)["jobs"]] == [2, 1]
+    assert _fit_local({"name": "r", "jobs": [{"name": "a", "cores": 1}]}, 2)["jobs"][0]["cores"] == 1
+
+
+@pytest.fixture
+def nowhere(tmp_path, monkeypatch):
+    """No server configured and none running: an empty PANDAFLOW_HOME."""
+    monkeypatch.setenv("PANDAFLOW_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PANDAFLOW_SERVER", raising=False)
+    monkeypatch.delenv("PANDAFLOW_TOKEN", raising=False)
+    return tmp_path
+
+
+def test_with_an_empty_config_and_no_server_report_and_status_explain_and_start_nothing(nowhere):
+    service = PandaflowService({})
+    reports, message = service.report("7")
+    assert reports == [] and "no pandaflow server known" in message
+    state, message = service.get_status("7")
+    assert state == bps.WmsStates.UNKNOWN and "bps submit starts a local server" in message
+    assert service.cancel("7")[0] is False
+    assert service.restart("7")[0] is None
+    assert service.ping(None)[0] == 0
+    assert not (nowhere / "home" / "server.json").exists()
+
+
+def test_submission_checks_fail_for_a_configured_server_that_does_not_answer(nowhere):
+    service = PandaflowService(BpsConfig({"pandaflowServerUrl": "http://127.0.0.1:9"}))
+    with pytest.raises(RuntimeError, match="does not answer"):
+        service.run_submission_checks()
