@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import math
 import secrets
-import shlex
 import threading
 import time
 from collections.abc import Sequence
@@ -18,6 +17,7 @@ from parsl.jobs.states import JobState, JobStatus
 from parsl.providers.base import ExecutionProvider
 
 from pandaflow.providers.globus_compute import functions
+from pandaflow.providers.script import block_script
 
 log = logging.getLogger(__name__)
 
@@ -149,9 +149,7 @@ class GlobusComputeProvider(ExecutionProvider):
 
     def arguments(self, command: str, key: str, tasks_per_node: int = 1) -> dict[str, Any]:
         """The keyword arguments ``run_pilot`` gets for ``command``."""
-        script = command if tasks_per_node == 1 else _fan_out(command, tasks_per_node)
-        if self.worker_init:
-            script = f"{self.worker_init}\n{script}"
+        script = block_script(command, tasks_per_node, self.worker_init)
         return {
             "command": script,
             "key": key,
@@ -284,7 +282,3 @@ def _from_result(result: Any) -> JobStatus:
 
 def _safe(name: str) -> str:
     return "".join(c if c.isalnum() or c in "-_." else "-" for c in name)[:80] or "pilot"
-
-
-def _fan_out(command: str, n: int) -> str:
-    return f"for i in $(seq {n}); do /bin/sh -c {shlex.quote(command)} & done; wait"

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import secrets
-import shlex
 import uuid
 from collections.abc import Sequence
 from typing import Any
@@ -16,6 +15,7 @@ from parsl.jobs.states import JobState, JobStatus
 from parsl.providers.base import ExecutionProvider
 
 from pandaflow.providers.googlecloud import jobs
+from pandaflow.providers.script import block_script
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class GoogleBatchProvider(ExecutionProvider):
 
     def request(self, command: str, job_name: str, tasks_per_node: int = 1) -> batch_v1.CreateJobRequest:
         """The ``CreateJobRequest`` :meth:`submit` sends for ``command``, with a fresh job id."""
-        script = command if tasks_per_node == 1 else _fan_out(command, tasks_per_node)
+        script = block_script(command, tasks_per_node)
         name = jobs.job_id(job_name, secrets.token_hex(3))
         return batch_v1.CreateJobRequest(
             parent=self.parent,
@@ -263,8 +263,3 @@ def job_status(job: batch_v1.Job) -> JobStatus:
         state = JobState.TIMEOUT
     message = ": ".join(x for x in (why, event) if x) or note
     return JobStatus(state, message, exit_code=exit_code)
-
-
-def _fan_out(command: str, n: int) -> str:
-    """``n`` copies of the command on the VM, waiting for all (parsl's tasks_per_node)."""
-    return f"for i in $(seq {n}); do /bin/sh -c {shlex.quote(command)} & done; wait"

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import logging
 import secrets
-import shlex
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,6 +12,7 @@ from parsl.providers.base import ExecutionProvider
 
 from pandaflow.providers.kubernetes import manifests
 from pandaflow.providers.kubernetes.api import Connection, KubeApi, KubernetesApiError, discover
+from pandaflow.providers.script import block_script
 
 log = logging.getLogger(__name__)
 
@@ -154,9 +154,7 @@ class KubernetesProvider(ExecutionProvider):
 
     def manifest(self, command: str, name: str, tasks_per_node: int = 1) -> dict[str, Any]:
         """The object :meth:`submit` creates for ``command`` under ``name``."""
-        script = command if tasks_per_node == 1 else _fan_out(command, tasks_per_node)
-        if self.worker_init:
-            script = f"{self.worker_init}\n{script}"
+        script = block_script(command, tasks_per_node, self.worker_init)
         spec = manifests.pod_spec(command=script, **self._pod_settings)
         if self.kind == "pod":
             return manifests.pod(name, self.namespace, self.labels, self.annotations, spec, self.walltime_s)
@@ -238,11 +236,6 @@ class KubernetesProvider(ExecutionProvider):
             if exc.status == 404:
                 return None
             raise
-
-
-def _fan_out(command: str, n: int) -> str:
-    """``n`` copies of the command in the pod, waiting for all (parsl's tasks_per_node)."""
-    return f"for i in $(seq {n}); do /bin/sh -c {shlex.quote(command)} & done; wait"
 
 
 def _job_status(job: dict[str, Any], pods: list[dict[str, Any]]) -> JobStatus:
