@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import sys
 import time
 from collections import Counter
@@ -124,9 +123,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"  {count:4d} x {message}")
     example = _print_server_summary(db_url)
     print()
-    # The venv's own command, unless it is the one on PATH (./scripts/demo.sh does not activate it).
-    exe = os.path.join(os.path.dirname(sys.executable), "pandaflow")
-    cli = "pandaflow" if shutil.which("pandaflow") == exe else exe
+    # The venv's own command by its full path: the shell the user types into may not have the
+    # venv on its PATH (./scripts/demo.sh does not activate it for them).
+    cli = os.path.join(os.path.dirname(sys.executable), "pandaflow")
     print("Inspect this run (the embedded server has stopped; the CLI reads its database):")
     for cmd in (
         "status",
