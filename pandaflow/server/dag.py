@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from pandaflow.server.statements import Sql, chunks, insert_sql, marks
+from pandaflow.server.statements import MAX_PARAMS, Sql, chunks, insert_sql, marks
 from pandaflow.server.states import PENDING, PRUNED, READY, transition
 
 PENDING_PRODUCT, AVAILABLE, MISSING = "pending", "available", "missing"
@@ -139,7 +139,12 @@ def unmet(
 ) -> dict[str, int]:
     """Inputs each job (by uid) still waits for: everything not available already."""
     ready_now = set(available) | {name for name, (_pid, status) in existing.items() if status == AVAILABLE}
-    return {job["uid"]: sum(1 for name in edges(job)[0] if name not in ready_now) for job in jobs}
+    named = parents_named(jobs)
+    out = {}
+    for job in jobs:
+        job["_edges"] = edges(job, named)  # kept for store(): computed once per job
+        out[job["uid"]] = sum(1 for name in job["_edges"][0] if name not in ready_now)
+    return out
 
 
 def store(
@@ -154,11 +159,11 @@ def store(
     ids = {name: pid for name, (pid, _status) in existing.items()}
     new: list[tuple] = [(workflow_id, name, AVAILABLE, None) for name in sorted(set(available) - set(ids))]
     named = parents_named(job for _id, job in jobs)
-    plan = [(job_id, *edges(job, named)) for job_id, job in jobs]
+    plan = [(job_id, *(job.get("_edges") or edges(job, named))) for job_id, job in jobs]
     for job_id, _inputs, outputs in plan:
         new.extend((workflow_id, name, PENDING_PRODUCT, job_id) for name in outputs if name not in ids)
     cols = ("workflow_id", "name", "status", "producer_id")
-    for part in chunks(new, 200):
+    for part in chunks(new, MAX_PARAMS // 4):
         flat = [v for row in part for v in row]
         for pid, name in sql.rows(insert_sql("products", cols, len(part), "id, name"), flat):
             ids[name] = pid

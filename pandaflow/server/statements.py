@@ -57,6 +57,10 @@ def marks(n: int) -> str:
     return ",".join("?" * n)
 
 
+# Bound parameters one statement may carry: SQLite >= 3.32 allows 32766, PostgreSQL 65535.
+MAX_PARAMS = 30000
+
+
 def chunks(items: Sequence[Any], size: int = 900) -> Iterable[Sequence[Any]]:
     """Slices short enough for SQLite's bound-variable limit."""
     for i in range(0, len(items), size):

@@ -14,7 +14,7 @@ from sqlalchemy import Connection, insert, select
 from pandaflow.server import dag
 from pandaflow.server import schema as s
 from pandaflow.server.broker import Broker, BrokerageError
-from pandaflow.server.statements import Sql, chunks, insert_sql, marks
+from pandaflow.server.statements import MAX_PARAMS, Sql, chunks, insert_sql, marks
 from pandaflow.server.states import PENDING, READY
 
 MAX_ATTEMPTS_DEFAULT = 3
@@ -333,7 +333,7 @@ def store(
         )
         payloads.append(job["buffer"])
     # Multi-row INSERT ... RETURNING, mapped back by uid (RETURNING order is not guaranteed).
-    per = max(1, 900 // len(_JOB_COLUMNS))
+    per = max(1, MAX_PARAMS // len(_JOB_COLUMNS))
     for start in range(0, len(rows), per):
         part = rows[start : start + per]
         flat = [v for row in part for v in row]
