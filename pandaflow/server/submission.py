@@ -48,6 +48,12 @@ _KNOWN_FIELDS = frozenset(
 )
 
 
+def _new_uid() -> str:
+    """A unique id that sorts by creation time: a million inserts then append to the uid index
+    instead of landing at random places in it (random uuid4 keys made large ingests slow)."""
+    return f"{time.time_ns():016x}{uuid.uuid4().hex[:16]}"
+
+
 class SubmissionError(ValueError):
     """The batch was refused as a whole; ``problems`` lists every offending job."""
 
@@ -164,7 +170,7 @@ def _check_job(i: int, job: Any, broker: Broker, problems: list[str]) -> dict[st
         problems.append(f"{label}: {exc}")
         return None
     return {
-        "uid": job.get("uid") or uuid.uuid4().hex,
+        "uid": job.get("uid") or _new_uid(),
         "name": job.get("name") or "",
         "task": job.get("task") or "default",
         "kind": kind,
