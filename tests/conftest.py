@@ -18,6 +18,7 @@ from pandaflow.server.queues import parse_queues
 
 TOKEN = "t"
 
+
 # Two queues split by memory, so brokerage has a choice to make.
 TEST_QUEUES = [
     {"name": "small", "max_memory_mb": 2000, "cores": 4},

@@ -9,42 +9,13 @@ from __future__ import annotations
 
 import os
 import secrets
-import uuid
 
 import pytest
+from databases import postgres_database
 from pfharness import PilotProcess, ServerProcess, connected, heartbeating, wait_until
-from sqlalchemy.engine import make_url
 
 from pandaflow.executors import PandaExecutor
 from pandaflow.server.db import make_engine
-
-PG_URL_VARIABLE = "PANDAFLOW_TEST_PG_URL"
-PG_REQUIRED_VARIABLE = "PANDAFLOW_TEST_PG_REQUIRED"
-
-
-def _postgres_database():
-    """Create ``pf_<random>`` on the test server; yield its SQLAlchemy URL; drop it afterwards."""
-    import psycopg
-
-    base = os.environ.get(PG_URL_VARIABLE)
-    if not base:
-        if os.environ.get(PG_REQUIRED_VARIABLE) == "1":
-            pytest.fail(
-                f"{PG_REQUIRED_VARIABLE}=1 but {PG_URL_VARIABLE} is not set: the postgres integration "
-                "tests must run here; start PostgreSQL (scripts/postgres.sh) and export its URL",
-                pytrace=False,
-            )
-        pytest.skip(f"{PG_URL_VARIABLE} is not set (no PostgreSQL for the integration tests)")
-    url = make_url(base)
-    admin = url.set(drivername="postgresql").render_as_string(hide_password=False)
-    name = f"pf_{uuid.uuid4().hex[:16]}"
-    with psycopg.connect(admin, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield url.set(database=name).render_as_string(hide_password=False)
-    finally:
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -53,7 +24,7 @@ def db_url(request, tmp_path):
     if request.param == "sqlite":
         yield f"sqlite:///{tmp_path / 'pandaflow.db'}"
     else:
-        yield from _postgres_database()
+        yield from postgres_database()
 
 
 @pytest.fixture
