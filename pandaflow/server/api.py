@@ -23,7 +23,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 
-from pandaflow.server import control, queries, submission
+from pandaflow.server import collector, control, queries, submission
 from pandaflow.server import schema as s
 from pandaflow.server.openapi import document as openapi_document
 
@@ -277,6 +277,7 @@ def _decode_buffers(jobs: list) -> list:
 
 
 @api.post("/workflows")
+@collector.paused()
 def submit_workflow():
     body = _body(required=("name", "jobs"), optional=("owner", "available"))
     name, owner, jobs = body["name"], body.get("owner", ""), body["jobs"]
@@ -304,6 +305,7 @@ def submit_workflow():
 
 
 @api.post("/workflows/<int:workflow_id>/jobs")
+@collector.paused()
 def append_jobs(workflow_id: int):
     """Add jobs to a workflow: a large DAG goes in pieces, each all-or-nothing; a piece may read
     products that earlier pieces write."""

@@ -128,10 +128,39 @@ def parents_named(jobs: Iterable[dict[str, Any]]) -> set[str]:
     return {p for job in jobs for p in job.get("parents") or ()}
 
 
-def existing_products(conn: Connection, workflow_id: int) -> dict[str, tuple[int, str]]:
-    """Products the workflow already has: name -> (id, status)."""
-    rows = Sql(conn).rows("SELECT name, id, status FROM products WHERE workflow_id=?", (workflow_id,))
-    return {name: (pid, status) for name, pid, status in rows}
+def referenced(jobs: Iterable[dict[str, Any]], available: Iterable[str] = ()) -> set[str]:
+    """Every product name a submission reads, writes or declares (parents as pseudo-products)."""
+    names = set(available)
+    for job in jobs:
+        names.update(job.get("inputs") or ())
+        names.update(job.get("outputs") or ())
+        for parent in job.get("parents") or ():
+            names.add(_PARENT + parent)
+        if job.get("name"):
+            names.add(_PARENT + job["name"])
+    return names
+
+
+def existing_products(
+    conn: Connection, workflow_id: int, names: Iterable[str] | None = None
+) -> dict[str, tuple[int, str]]:
+    """Products the workflow already has: name -> (id, status); with ``names``, only those (a
+    piece of a million-job workflow looks up what it mentions, not every product stored so far)."""
+    sql = Sql(conn)
+    if names is None:
+        rows = sql.rows("SELECT name, id, status FROM products WHERE workflow_id=?", (workflow_id,))
+        return {name: (pid, status) for name, pid, status in rows}
+    if not sql.rows("SELECT 1 FROM products WHERE workflow_id=? LIMIT 1", (workflow_id,)):
+        return {}  # a new workflow: nothing to look up
+    found: dict[str, tuple[int, str]] = {}
+    wanted = sorted(names)
+    for part in chunks(wanted, MAX_PARAMS - 1):
+        for name, pid, status in sql.rows(
+            f"SELECT name, id, status FROM products WHERE workflow_id=? AND name IN ({marks(len(part))})",
+            (workflow_id, *part),
+        ):
+            found[name] = (pid, status)
+    return found
 
 
 def unmet(

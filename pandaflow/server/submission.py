@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -48,10 +49,15 @@ _KNOWN_FIELDS = frozenset(
 )
 
 
+_UID_PROCESS = uuid.uuid4().hex[:12]  # tells apart uids made by several server processes
+_uid_serial = itertools.count()
+
+
 def _new_uid() -> str:
     """A unique id that sorts by creation time: a million inserts then append to the uid index
-    instead of landing at random places in it (random uuid4 keys made large ingests slow)."""
-    return f"{time.time_ns():016x}{uuid.uuid4().hex[:16]}"
+    instead of landing at random places in it (random uuid4 keys made large ingests slow).
+    Unique by process (random part drawn once) and serial number, with no system call per job."""
+    return f"{time.time_ns():016x}{_UID_PROCESS}{next(_uid_serial):x}"
 
 
 class SubmissionError(ValueError):
@@ -74,122 +80,178 @@ class Submitted:
     payloads: dict[int, bytes] = field(default_factory=dict)  # job id -> function buffer stored
 
 
+def _int_field(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int):
+        return f"must be an integer, got {value!r}"
+    if not _INT_MIN <= value <= _INT_MAX:
+        return f"must be between {_INT_MIN} and {_INT_MAX}, got {value}"
+    return ""
+
+
+def _text_field(limit: int) -> Callable[[Any], str]:
+    def check(value: Any) -> str:
+        if not isinstance(value, str) or len(value) > limit:
+            return f"must be a string of at most {limit} characters"
+        return ""
+
+    return check
+
+
+def _names_field(value: Any) -> str:
+    bad = "must be a list of names (non-empty strings of at most 500 characters)"
+    if type(value) is not list:
+        return bad
+    for name in value:  # a plain loop: all() over a generator costs twice as much per name
+        if type(name) is not str or not 0 < len(name) <= 500:
+            return bad
+    return ""
+
+
+def _walltime_field(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
+        return f"must be a positive number of seconds, got {value!r}"
+    return ""
+
+
+def _env_field(value: Any) -> str:
+    if not isinstance(value, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
+    ):
+        return "must map strings to strings"
+    return ""
+
+
+def _multiplier_field(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not 1 <= value <= 100:
+        return f"must be a number from 1 to 100, got {value!r}"
+    return ""
+
+
+def _memory_cap_field(value: Any) -> str:
+    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _INT_MAX:
+        return f"must be a positive integer (MB), got {value!r}"
+    return ""
+
+
+def _exit_codes_field(value: Any) -> str:
+    if not isinstance(value, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in value):
+        return "must be a list of exit codes (integers)"
+    return ""
+
+
+def _queue_field(value: Any) -> str:
+    if not isinstance(value, str):
+        return f"must be a queue name, got {value!r}"
+    return _text_field(_TEXT_LIMITS["queue"])(value)
+
+
+def _anything(value: Any) -> str:
+    return ""  # checked with the fields it depends on (kind, buffer, command)
+
+
+# One check per field, run only for the fields a job has: a million jobs of five fields each
+# cost five small calls apiece, not a pass over every field the schema knows.
+_FIELD_CHECKS: dict[str, Callable[[Any], str]] = {
+    **{key: _int_field for key in _INT_FIELDS},
+    **{key: _text_field(limit) for key, limit in _TEXT_LIMITS.items()},
+    **{key: _names_field for key in _DAG_FIELDS},
+    "queue": _queue_field,
+    "walltime_s": _walltime_field,
+    "env": _env_field,
+    "memory_multiplier": _multiplier_field,
+    "memory_max_mb": _memory_cap_field,
+    "retry_unless_exit": _exit_codes_field,
+    "kind": _anything,
+    "buffer": _anything,
+    "command": _anything,
+}
+assert set(_FIELD_CHECKS) == _KNOWN_FIELDS
+
+
 def _check_job(i: int, job: Any, broker: Broker, problems: list[str]) -> dict[str, Any] | None:
-    where = f"jobs[{i}]"
+    def refuse(why: str) -> None:
+        label = f"jobs[{i}] ({job.get('name') or job.get('uid') or 'unnamed'})"
+        problems.append(f"{label}: {why}")
+
     if not isinstance(job, dict):
-        problems.append(f"{where}: expected an object, got {type(job).__name__}")
+        problems.append(f"jobs[{i}]: expected an object, got {type(job).__name__}")
         return None
-    label = f"{where} ({job.get('name') or job.get('uid') or 'unnamed'})"
-    unknown = set(job) - _KNOWN_FIELDS
-    if unknown:
-        problems.append(f"{label}: unknown field(s) {sorted(unknown)}; known: {sorted(_KNOWN_FIELDS)}")
-        return None
-    kind = job.get("kind", "shell" if "command" in job else "python")
+    for key, value in job.items():
+        check = _FIELD_CHECKS.get(key)
+        if check is None:
+            unknown = sorted(set(job) - _KNOWN_FIELDS)
+            refuse(f"unknown field(s) {unknown}; known: {sorted(_KNOWN_FIELDS)}")
+            return None
+        if value is not None:
+            why = check(value)
+            if why:
+                refuse(f"{key} {why}")
+                return None
+    get = job.get
+    command = get("command")
+    kind = get("kind", "shell" if "command" in job else "python")
     if kind not in _KINDS:
-        problems.append(f"{label}: kind must be one of {_KINDS}, got {kind!r}")
+        refuse(f"kind must be one of {_KINDS}, got {kind!r}")
         return None
-    if kind == "python" and not isinstance(job.get("buffer"), bytes | bytearray):
-        problems.append(f"{label}: a python job needs 'buffer' (bytes of a parsl pack_apply_message)")
+    if kind == "python" and not isinstance(get("buffer"), bytes | bytearray):
+        refuse("a python job needs 'buffer' (bytes of a parsl pack_apply_message)")
         return None
-    if kind == "shell" and (not isinstance(job.get("command"), str) or not job["command"].strip()):
-        problems.append(f"{label}: a shell job needs a non-empty 'command' string")
+    if kind == "shell" and (not isinstance(command, str) or not command.strip()):
+        refuse("a shell job needs a non-empty 'command' string")
         return None
-    for key in _INT_FIELDS:
-        value = job.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int)):
-            problems.append(f"{label}: {key} must be an integer, got {value!r}")
-            return None
-        if value is not None and not _INT_MIN <= value <= _INT_MAX:
-            problems.append(f"{label}: {key} must be between {_INT_MIN} and {_INT_MAX}, got {value}")
-            return None
-    for key, limit in _TEXT_LIMITS.items():
-        value = job.get(key)
-        if value is not None and (not isinstance(value, str) or len(value) > limit):
-            problems.append(f"{label}: {key} must be a string of at most {limit} characters")
-            return None
-    cores = 1 if job.get("cores") is None else job["cores"]
-    if cores < 1:
-        problems.append(f"{label}: cores must be at least 1, got {cores}")
+    cores = get("cores")
+    if cores is None:
+        cores = 1
+    elif cores < 1:
+        refuse(f"cores must be at least 1, got {cores}")
         return None
-    for key in ("memory_mb", "disk_mb"):
-        if (job.get(key) or 0) < 0:
-            problems.append(f"{label}: {key} must not be negative, got {job[key]}")
-            return None
-    max_attempts = MAX_ATTEMPTS_DEFAULT if job.get("max_attempts") is None else job["max_attempts"]
-    if max_attempts < 1:
-        problems.append(f"{label}: max_attempts must be at least 1, got {max_attempts}")
+    memory = get("memory_mb")
+    if memory is not None and memory < 0:
+        refuse(f"memory_mb must not be negative, got {memory}")
         return None
-    walltime = job.get("walltime_s")
-    if walltime is not None and (
-        isinstance(walltime, bool) or not isinstance(walltime, int | float) or walltime <= 0
-    ):
-        problems.append(f"{label}: walltime_s must be a positive number of seconds, got {walltime!r}")
+    if (get("disk_mb") or 0) < 0:
+        refuse(f"disk_mb must not be negative, got {job['disk_mb']}")
         return None
-    env = job.get("env")
-    if env is not None and (
-        not isinstance(env, dict)
-        or not all(isinstance(k, str) and isinstance(v, str) for k, v in env.items())
-    ):
-        problems.append(f"{label}: env must map strings to strings")
+    max_attempts = get("max_attempts")
+    if max_attempts is None:
+        max_attempts = MAX_ATTEMPTS_DEFAULT
+    elif max_attempts < 1:
+        refuse(f"max_attempts must be at least 1, got {max_attempts}")
         return None
-    multiplier = job.get("memory_multiplier")
-    if multiplier is not None and (
-        isinstance(multiplier, bool) or not isinstance(multiplier, int | float) or not 1 <= multiplier <= 100
-    ):
-        problems.append(f"{label}: memory_multiplier must be a number from 1 to 100, got {multiplier!r}")
+    cap = get("memory_max_mb")
+    if cap is not None and memory and cap < memory:
+        refuse(f"memory_max_mb ({cap}) is below memory_mb ({memory})")
         return None
-    cap = job.get("memory_max_mb")
-    if cap is not None and (isinstance(cap, bool) or not isinstance(cap, int) or not 0 < cap <= _INT_MAX):
-        problems.append(f"{label}: memory_max_mb must be a positive integer (MB), got {cap!r}")
-        return None
-    if cap is not None and job.get("memory_mb") and cap < job["memory_mb"]:
-        problems.append(f"{label}: memory_max_mb ({cap}) is below memory_mb ({job['memory_mb']})")
-        return None
-    codes = job.get("retry_unless_exit")
-    if codes is not None and (
-        not isinstance(codes, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in codes)
-    ):
-        problems.append(f"{label}: retry_unless_exit must be a list of exit codes (integers)")
-        return None
-    for key in _DAG_FIELDS:
-        names = job.get(key)
-        if names is not None and (
-            not isinstance(names, list) or not all(isinstance(n, str) and 0 < len(n) <= 500 for n in names)
-        ):
-            problems.append(
-                f"{label}: {key} must be a list of names (non-empty strings of at most 500 characters)"
-            )
-            return None
-    queue = job.get("queue")
-    if queue is not None and not isinstance(queue, str):
-        problems.append(f"{label}: queue must be a queue name, got {queue!r}")
-        return None
+    walltime = get("walltime_s")
     try:
-        queue = broker.choose(job.get("memory_mb"), cores, walltime, queue)
+        queue = broker.choose(memory, cores, walltime, get("queue"))
     except BrokerageError as exc:
-        problems.append(f"{label}: {exc}")
+        refuse(str(exc))
         return None
+    env = get("env")
+    multiplier = get("memory_multiplier")
+    codes = get("retry_unless_exit")
     return {
-        "uid": job.get("uid") or _new_uid(),
-        "name": job.get("name") or "",
-        "task": job.get("task") or "default",
+        "uid": get("uid") or _new_uid(),
+        "name": get("name") or "",
+        "task": get("task") or "default",
         "kind": kind,
         "buffer": bytes(job["buffer"]) if kind == "python" else None,
-        "command": job.get("command"),
+        "command": command,
         "env": json.dumps(env) if env else None,
         "cores": cores,
-        "memory_mb": job.get("memory_mb"),
-        "disk_mb": job.get("disk_mb"),
+        "memory_mb": memory,
+        "disk_mb": get("disk_mb"),
         "walltime_s": walltime,
-        "priority": job.get("priority") or 0,
+        "priority": get("priority") or 0,
         "max_attempts": max_attempts,
         "queue": queue,
         "memory_multiplier": float(multiplier) if multiplier is not None else None,
         "memory_max_mb": cap,
         "retry_unless_exit": json.dumps(codes) if codes else None,
-        "inputs": job.get("inputs") or [],
-        "outputs": job.get("outputs") or [],
-        "parents": job.get("parents") or [],
+        "inputs": get("inputs") or [],
+        "outputs": get("outputs") or [],
+        "parents": get("parents") or [],
     }
 
 
@@ -294,8 +356,8 @@ def store(
     products: dict[str, tuple[int, str]] = {}
     waits: dict[str, int] = {}
     if graph:
-        products = dag.existing_products(conn, wid)
         fresh_jobs = [j for j in clean if j["uid"] not in existing]
+        products = dag.existing_products(conn, wid, dag.referenced(fresh_jobs, available))
         problems = dag.check(fresh_jobs, available, {n: st for n, (_i, st) in products.items()})
         if problems:
             raise SubmissionError(problems)

@@ -164,3 +164,24 @@ def test_a_large_dag_can_be_sent_in_pieces_that_read_earlier_products(api):
 def test_appending_to_a_missing_workflow_is_404(api):
     reply = api.post("/api/v1/workflows/999/jobs", json={"jobs": [{"command": "true"}]})
     assert reply.status_code == 404 and "no workflow 999" in reply.json["error"]
+
+
+def test_a_later_piece_cannot_write_a_product_an_earlier_piece_writes(api):
+    first = api.post("/api/v1/workflows", json={"name": "big", "jobs": [
+        {"name": "isr", "command": "true", "outputs": ["postISR"]}]})  # fmt: skip
+    wid = first.json["workflow_id"]
+    second = api.post(f"/api/v1/workflows/{wid}/jobs", json={"jobs": [
+        {"name": "isr-again", "command": "true", "outputs": ["postISR"]}]})  # fmt: skip
+    assert second.status_code == 400
+    assert "'postISR' already exists in this workflow" in second.json["error"]
+
+
+def test_a_later_piece_reading_a_product_declared_available_earlier_is_ready(api):
+    first = api.post("/api/v1/workflows", json={"name": "big", "available": ["raw"], "jobs": [
+        {"name": "isr", "command": "true", "inputs": ["raw"]}]})  # fmt: skip
+    wid = first.json["workflow_id"]
+    second = api.post(f"/api/v1/workflows/{wid}/jobs", json={"jobs": [
+        {"name": "isr-2", "command": "true", "inputs": ["raw"]}]})  # fmt: skip
+    assert second.status_code == 201, second.json
+    jobs = {j["name"]: j["status"] for j in api.get(f"/api/v1/jobs?workflow_id={wid}").json["jobs"]}
+    assert jobs == {"isr": "ready", "isr-2": "ready"}
