@@ -26,7 +26,7 @@ from pandaflow.server import dag
 #: Keys of a task's defaults; every one but ``command`` may be overridden per job.
 TASK_KEYS = (
     "command", "cores", "memory_mb", "disk_mb", "walltime_s", "priority", "queue", "max_attempts", "env",
-    "memory_multiplier", "memory_max_mb", "retry_unless_exit",
+    "memory_multiplier", "memory_max_mb", "retry_unless_exit", "always",
 )  # fmt: skip
 #: Keys of a job.
 JOB_KEYS = ("name", "task", "label", "vars", "inputs", "outputs", "parents", *TASK_KEYS)
@@ -186,6 +186,11 @@ class _Checker:
         if field_name == "memory_multiplier":
             if isinstance(value, bool) or not isinstance(value, int | float) or not 1 <= value <= 100:
                 self.bad(key, f"expected a number from 1 to 100, got {_show(value)}")
+                return None
+            return value
+        if field_name == "always":
+            if not isinstance(value, bool):
+                self.bad(key, f"expected true or false, got {_show(value)}")
                 return None
             return value
         if field_name == "retry_unless_exit":

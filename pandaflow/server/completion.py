@@ -228,7 +228,10 @@ def follow_dependencies(
     failed = [m["_id"] for m in moves.get(FAILED, ())]
     if failed:
         note_pruned(
-            done.notify, dag.prune(conn, failed, now, "an input can never exist: its producer failed")
+            done.notify,
+            dag.prune(
+                conn, failed, now, "an input can never exist: its producer failed", released=done.requeued
+            ),
         )
 
 

@@ -12,7 +12,8 @@ from pandaflow.pilot.errorcodes import ErrorCode
 from pandaflow.server import dag
 from pandaflow.server import schema as s
 from pandaflow.server.completion import note_pruned
-from pandaflow.server.states import ACTIVE_STATES, CANCELLED, FAILED, FINAL_STATES, READY, transition
+from pandaflow.server.statements import chunks
+from pandaflow.server.states import ACTIVE_STATES, CANCELLED, FAILED, FINAL_STATES, PENDING, transition
 
 _J = s.jobs.c
 
@@ -121,7 +122,10 @@ def cancel(
     if out.job_ids:
         note_pruned(
             out.notify,
-            dag.prune(conn, out.job_ids, now, "an input can never exist: its producer was cancelled"),
+            dag.prune(
+                conn, out.job_ids, now, "an input can never exist: its producer was cancelled",
+                released=out.queues,
+            ),
         )
     return out
 
@@ -133,7 +137,10 @@ def retry(
     workflow_id: int | None = None,
     extra: int = 1,
 ) -> Changed:
-    """Send failed or cancelled jobs back to the ready queue with ``extra`` more attempts."""
+    """Give failed or cancelled jobs ``extra`` more attempts, and undo what their failure did
+    downstream: the jobs pruned because their outputs went missing wait for them again (see
+    :func:`pandaflow.server.dag.revive`). A job runs again as soon as its inputs are available:
+    those of a restarted workflow that were cancelled while waiting wait again."""
     out = Changed()
     moves = []
     for job in _select(conn, job_ids, workflow_id):
@@ -142,11 +149,17 @@ def retry(
                 {"id": job["id"], "status": job["status"], "reason": "only failed or cancelled jobs"}
             )
             continue
-        values = transition(job, READY, now, extra_attempts=extra)
+        values = transition(job, PENDING, now, extra_attempts=extra)
         moves.append({"_id": job["id"], "_from": job["status"], **values})
         out.job_ids.append(job["id"])
-        out.queues.add(job["queue"])
-    if moves:
-        conn.execute(s.job_results.delete().where(s.job_results.c.job_id.in_(out.job_ids)))
+    if not moves:
+        return out
     _apply(conn, moves)
+    revived = dag.revive(conn, out.job_ids, now)
+    touched = [*out.job_ids, *revived]
+    for part in chunks(touched):
+        conn.execute(s.job_results.delete().where(s.job_results.c.job_id.in_(list(part))))
+    _released, queues = dag.release_waiting(conn, touched, now)
+    out.queues |= queues
+    out.job_ids.extend(revived)
     return out

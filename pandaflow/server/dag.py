@@ -166,13 +166,22 @@ def existing_products(
 def unmet(
     jobs: list[dict[str, Any]], available: Iterable[str], existing: dict[str, tuple[int, str]]
 ) -> dict[str, int]:
-    """Inputs each job (by uid) still waits for: everything not available already."""
+    """Inputs each job (by uid) still waits for: everything not available already. A job that
+    reads a product known to be missing gets -1 (it can never run: stored pruned), unless it
+    runs ``always``, which skips missing inputs."""
     ready_now = set(available) | {name for name, (_pid, status) in existing.items() if status == AVAILABLE}
+    missing = {name for name, (_pid, status) in existing.items() if status == MISSING}
     named = parents_named(jobs)
     out = {}
     for job in jobs:
         job["_edges"] = edges(job, named)  # kept for store(): computed once per job
-        out[job["uid"]] = sum(1 for name in job["_edges"][0] if name not in ready_now)
+        inputs = job["_edges"][0]
+        if missing and any(name in missing for name in inputs):
+            if not job.get("always"):
+                out[job["uid"]] = -1
+                continue
+            inputs = [name for name in inputs if name not in missing]
+        out[job["uid"]] = sum(1 for name in inputs if name not in ready_now)
     return out
 
 
@@ -204,7 +213,9 @@ def release(conn: Connection, finished: list[int], now: float) -> tuple[list[int
     """Outputs of finished jobs become available; consumers with nothing left to wait for become
     ready. Returns (released job ids, their queues)."""
     sql = Sql(conn)
-    products = _products_of(sql, finished)
+    # Only products still pending: an 'always' job that runs again must not count its
+    # consumers' inputs down twice.
+    products = _products_of(sql, finished, PENDING_PRODUCT)
     if not products:
         return [], set()
     for part in chunks(products):
@@ -222,9 +233,15 @@ def release(conn: Connection, finished: list[int], now: float) -> tuple[list[int
     sql.many(
         "UPDATE jobs SET n_unmet = n_unmet - ? WHERE id=?", [(n, job_id) for job_id, n in counts.items()]
     )
+    return release_waiting(conn, list(counts), now)
+
+
+def release_waiting(conn: Connection, job_ids: list[int], now: float) -> tuple[list[int], set[str]]:
+    """Move the pending jobs among ``job_ids`` whose counter is down to zero to ready.
+    Returns (released job ids, their queues)."""
+    sql = Sql(conn)
     released, queues, moves = [], set(), []
-    waiting = list(counts)
-    for part in chunks(waiting):
+    for part in chunks(job_ids):
         for job in sql.maps(
             f"SELECT id, status, attempt, queue FROM jobs WHERE id IN ({marks(len(part))}) "
             "AND n_unmet <= 0 AND status=?",
@@ -238,27 +255,35 @@ def release(conn: Connection, finished: list[int], now: float) -> tuple[list[int
     return released, queues
 
 
-def prune(conn: Connection, ended: list[int], now: float, why: str) -> list[dict[str, Any]]:
+def prune(
+    conn: Connection, ended: list[int], now: float, why: str, released: set[str] | None = None
+) -> list[dict[str, Any]]:
     """Outputs of jobs that ended without finishing become missing; every consumer still waiting
-    is pruned, and so on downstream. Returns the pruned jobs (id, uid, client)."""
+    is pruned, and so on downstream. A consumer that runs ``always`` is not pruned: the missing
+    input counts as met, and it is released once nothing else holds it (its queue is added to
+    ``released``). Returns the pruned jobs (id, uid, client)."""
     sql = Sql(conn)
     pruned: list[dict[str, Any]] = []
     frontier = ended
     while frontier:
-        products = _products_of(sql, frontier)
+        products = _products_of(sql, frontier, PENDING_PRODUCT)
         if not products:
             break
         for part in chunks(products):
             sql.run(f"UPDATE products SET status='missing' WHERE id IN ({marks(len(part))})", part)
         victims: dict[int, dict[str, Any]] = {}
+        skipped: dict[int, int] = defaultdict(int)  # 'always' job -> inputs that went missing
         for part in chunks(products):
             for job in sql.maps(
-                "SELECT DISTINCT j.id, j.uid, j.client, j.status, j.attempt FROM jobs j"
+                "SELECT j.id, j.uid, j.client, j.status, j.attempt, j.always FROM jobs j"
                 f" JOIN job_inputs i ON i.job_id=j.id WHERE i.product_id IN ({marks(len(part))})"
                 " AND j.status IN ('pending','ready','held')",
                 part,
             ):
-                victims[job["id"]] = job
+                if job["always"]:
+                    skipped[job["id"]] += 1
+                else:
+                    victims[job["id"]] = job
         moves = []
         for job in victims.values():
             values = transition(job, PRUNED, now, error_diag=why)
@@ -266,15 +291,106 @@ def prune(conn: Connection, ended: list[int], now: float, why: str) -> list[dict
                 (values["status"], values["error_diag"], values["updated_at"], job["id"], job["status"])
             )
         sql.many("UPDATE jobs SET status=?, error_diag=?, updated_at=? WHERE id=? AND status=?", moves)
+        if skipped:
+            queues = _count_down(sql, skipped, now)
+            if released is not None:
+                released |= queues
         pruned.extend(victims.values())
         frontier = list(victims)
     return pruned
 
 
-def _products_of(sql: Sql, job_ids: list[int]) -> list[int]:
+def revive(conn: Connection, retried: list[int], now: float) -> list[int]:
+    """Undo what ``retried`` jobs' failure did downstream: their missing outputs are pending
+    again, the jobs pruned for them wait again (unless another input is still missing), and so
+    on; an ``always`` job that already ran after them runs again. Every job touched, the
+    retried ones included, gets its unmet-input counter recounted. Returns the revived jobs
+    (the retried ones not included); the caller moves those with nothing to wait for to ready.
+    """
+    sql = Sql(conn)
+    revived: list[int] = []
+    frontier = list(retried)
+    while frontier:
+        products = _products_of(sql, frontier, MISSING)
+        if not products:
+            break
+        for part in chunks(products):
+            sql.run(f"UPDATE products SET status='pending' WHERE id IN ({marks(len(part))})", part)
+        candidates: dict[int, dict[str, Any]] = {}
+        for part in chunks(products):
+            for job in sql.maps(
+                "SELECT DISTINCT j.id, j.status, j.attempt, j.always FROM jobs j"
+                f" JOIN job_inputs i ON i.job_id=j.id WHERE i.product_id IN ({marks(len(part))})"
+                " AND (j.status='pruned' OR (j.always AND j.status IN ('finished','failed')))",
+                part,
+            ):
+                candidates[job["id"]] = job
+        # A pruned job with another input still missing (a producer not retried) stays pruned.
+        blocked = set()
+        ids = [i for i, job in candidates.items() if not job["always"]]
+        for part in chunks(ids):
+            blocked.update(
+                r[0]
+                for r in sql.rows(
+                    "SELECT DISTINCT i.job_id FROM job_inputs i JOIN products p ON p.id=i.product_id"
+                    f" WHERE i.job_id IN ({marks(len(part))}) AND p.status='missing'",
+                    part,
+                )
+            )
+        moves = []
+        for job_id, job in candidates.items():
+            if job_id in blocked:
+                continue
+            values = transition(job, PENDING, now)
+            moves.append((values["status"], values["updated_at"], job_id, job["status"]))
+        sql.many("UPDATE jobs SET status=?, updated_at=? WHERE id=? AND status=?", moves)
+        frontier = [m[2] for m in moves]
+        revived.extend(frontier)
+    # 'always' jobs still waiting counted the inputs that were missing as met: count again.
+    waiting_always = []
+    if retried:
+        for part in chunks(_products_of(sql, retried, PENDING_PRODUCT)):
+            waiting_always.extend(
+                r[0]
+                for r in sql.rows(
+                    "SELECT DISTINCT j.id FROM jobs j JOIN job_inputs i ON i.job_id=j.id"
+                    f" WHERE i.product_id IN ({marks(len(part))}) AND j.always AND j.status='pending'",
+                    part,
+                )
+            )
+    recount(conn, list(dict.fromkeys([*retried, *revived, *waiting_always])))
+    return revived
+
+
+def recount(conn: Connection, job_ids: list[int]) -> None:
+    """Set each job's unmet-input counter from its inputs' current state (``always`` jobs do
+    not wait for inputs that are missing)."""
+    sql = Sql(conn)
+    for part in chunks(job_ids):
+        sql.run(
+            "UPDATE jobs SET n_unmet = (SELECT COUNT(*) FROM job_inputs i JOIN products p ON"
+            " p.id=i.product_id WHERE i.job_id=jobs.id AND (p.status='pending'"
+            " OR (p.status='missing' AND NOT jobs.always)))"
+            f" WHERE id IN ({marks(len(part))})",
+            part,
+        )
+
+
+def _count_down(sql: Sql, counts: dict[int, int], now: float) -> set[str]:
+    """Lower the counters of ``always`` jobs by inputs that will never exist; release those at
+    zero. Returns the queues of the released jobs."""
+    sql.many("UPDATE jobs SET n_unmet = n_unmet - ? WHERE id=?", [(n, i) for i, n in counts.items()])
+    return release_waiting(sql.conn, list(counts), now)[1]
+
+
+def _products_of(sql: Sql, job_ids: list[int], status: str | None = None) -> list[int]:
     found: list[int] = []
+    where = f" AND status='{status}'" if status else ""
     for part in chunks(job_ids):
         found.extend(
-            r[0] for r in sql.rows(f"SELECT id FROM products WHERE producer_id IN ({marks(len(part))})", part)
+            r[0]
+            for r in sql.rows(
+                f"SELECT id FROM products WHERE producer_id IN ({marks(len(part))}){where}", part
+            )
         )
     return found

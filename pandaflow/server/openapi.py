@@ -156,6 +156,12 @@ _JOB_SPEC = _obj(
         "memory_max_mb": {"type": "integer", "minimum": 1, "maximum": 2**31 - 1,
                           "description": "cap of the grown memory request (not below memory_mb)"},
         "retry_unless_exit": {"type": "array", "items": INT, "description": "exit codes never retried"},
+        "always": {
+            "type": "boolean",
+            "description": "run once every input and parent has ended, whatever the outcome: inputs that"
+            " can never exist are skipped instead of pruning the job (a final or clean-up job;"
+            " bps finalJob with whenRun ALWAYS)",
+        },
         "inputs": {**NAMES, "description": "data products the job reads: it stays pending until all "
                    "are available (written by a finished job, or declared in 'available')"},
         "outputs": {**NAMES, "description": "data products the job writes (one writer per product)"},

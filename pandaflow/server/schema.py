@@ -20,6 +20,7 @@ from sqlalchemy import (
     Table,
     Text,
     UniqueConstraint,
+    false,
     text,
 )
 
@@ -93,6 +94,9 @@ jobs = Table(
     Column("memory_multiplier", Float, nullable=True),
     Column("memory_max_mb", Integer, nullable=True),
     Column("retry_unless_exit", Text, nullable=True),  # JSON list of exit codes never retried
+    # Runs once every input has ended, whatever the outcome: an input that can never exist is
+    # skipped rather than pruning the job (bps finalJob with whenRun: ALWAYS; migration 0005).
+    Column("always", Boolean, nullable=False, default=False, server_default=false()),
     # Dispatch walks this index in order (priority DESC, FIFO) and stops at LIMIT.
     Index("ix_jobs_dispatch", "status", "queue", text("priority DESC"), "id"),
     Index("ix_jobs_pilot", "pilot_id", "status"),

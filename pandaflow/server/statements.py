@@ -21,9 +21,10 @@ from sqlalchemy import Connection
 class Sql:
     """A cursor on the connection's DBAPI connection, speaking one placeholder style."""
 
-    __slots__ = ("cur", "pg")
+    __slots__ = ("conn", "cur", "pg")
 
     def __init__(self, conn: Connection):
+        self.conn = conn
         self.pg = conn.dialect.name == "postgresql"
         self.cur = conn.connection.dbapi_connection.cursor()
 

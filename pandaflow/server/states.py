@@ -123,18 +123,29 @@ def _hold(job: dict, now: float, ctx: dict) -> Values:
     return {"status": HELD, "updated_at": now}
 
 
-def _resubmit(job: dict, now: float, ctx: dict) -> Values:
-    """A user retry of a job that ended: a fresh budget of attempts on top of those used."""
-    return {
-        "status": READY,
-        "max_attempts": job["attempt"] + ctx.get("extra_attempts", 1),
-        "error_code": 0,
-        "error_diag": "",
-        "exit_code": None,
-        "pilot_id": None,
-        "ended_at": None,
-        "updated_at": now,
-    }
+def _resubmit(status: str) -> Handler:
+    """A user retry of a job that ended: a fresh budget of attempts on top of those used. It
+    waits (pending) when some of its inputs are not available again, e.g. after a restart."""
+
+    def handler(job: dict, now: float, ctx: dict) -> Values:
+        return {
+            "status": status,
+            "max_attempts": job["attempt"] + ctx.get("extra_attempts", 1),
+            "error_code": 0,
+            "error_diag": "",
+            "exit_code": None,
+            "pilot_id": None,
+            "ended_at": None,
+            "updated_at": now,
+        }
+
+    handler.__name__ = f"_resubmit_{status}"
+    return handler
+
+
+def _revive(job: dict, now: float, ctx: dict) -> Values:
+    """A pruned job whose missing input will be produced after all (its producer is retried)."""
+    return {"status": PENDING, "error_diag": "", "updated_at": now}
 
 
 TRANSITIONS: dict[tuple[str, str], Handler] = {
@@ -158,8 +169,13 @@ TRANSITIONS: dict[tuple[str, str], Handler] = {
     (HELD, PRUNED): _prune,
     (PENDING, HELD): _hold,
     (READY, HELD): _hold,
-    (FAILED, READY): _resubmit,
-    (CANCELLED, READY): _resubmit,
+    (FAILED, READY): _resubmit(READY),
+    (CANCELLED, READY): _resubmit(READY),
+    (FAILED, PENDING): _resubmit(PENDING),
+    (CANCELLED, PENDING): _resubmit(PENDING),
+    # An 'always' job (runs whatever its inputs' outcome) runs again when its inputs are re-run.
+    (FINISHED, PENDING): _resubmit(PENDING),
+    (PRUNED, PENDING): _revive,
 }
 
 

@@ -16,14 +16,14 @@ from pandaflow.server import dag
 from pandaflow.server import schema as s
 from pandaflow.server.broker import Broker, BrokerageError
 from pandaflow.server.statements import MAX_PARAMS, Sql, chunks, insert_sql, marks
-from pandaflow.server.states import PENDING, READY
+from pandaflow.server.states import PENDING, PRUNED, READY
 
 MAX_ATTEMPTS_DEFAULT = 3
 _JOB_COLUMNS = (
     "uid", "workflow_id", "task_id", "name", "kind", "status", "queue", "priority", "cores", "memory_mb",
     "disk_mb", "walltime_s", "max_attempts", "attempt", "client", "command", "env", "error_code",
     "error_diag", "stdout_tail", "created_at", "updated_at", "n_unmet", "memory_multiplier", "memory_max_mb",
-    "retry_unless_exit",
+    "retry_unless_exit", "always",
 )  # fmt: skip
 _KINDS = ("python", "shell")
 _INT_FIELDS = ("cores", "memory_mb", "disk_mb", "priority", "max_attempts")
@@ -31,6 +31,7 @@ _INT_MIN, _INT_MAX = -(2**31), 2**31 - 1  # the columns are 32-bit integers
 _TEXT_LIMITS = {"uid": 96, "name": 255, "task": 255, "queue": 128}  # column sizes in schema.py
 _DAG_FIELDS = ("inputs", "outputs", "parents")
 _RETRY_FIELDS = ("memory_multiplier", "memory_max_mb", "retry_unless_exit")
+_PRUNED_AT_SUBMISSION = "an input can never exist: its producer failed or was cancelled before this job came"
 _KNOWN_FIELDS = frozenset(
     {
         "uid",
@@ -45,6 +46,7 @@ _KNOWN_FIELDS = frozenset(
         *_INT_FIELDS,
         *_DAG_FIELDS,
         *_RETRY_FIELDS,
+        "always",
     }
 )
 
@@ -139,6 +141,12 @@ def _exit_codes_field(value: Any) -> str:
     return ""
 
 
+def _bool_field(value: Any) -> str:
+    if not isinstance(value, bool):
+        return f"must be true or false, got {value!r}"
+    return ""
+
+
 def _queue_field(value: Any) -> str:
     if not isinstance(value, str):
         return f"must be a queue name, got {value!r}"
@@ -161,6 +169,7 @@ _FIELD_CHECKS: dict[str, Callable[[Any], str]] = {
     "memory_multiplier": _multiplier_field,
     "memory_max_mb": _memory_cap_field,
     "retry_unless_exit": _exit_codes_field,
+    "always": _bool_field,
     "kind": _anything,
     "buffer": _anything,
     "command": _anything,
@@ -249,6 +258,7 @@ def _check_job(i: int, job: Any, broker: Broker, problems: list[str]) -> dict[st
         "memory_multiplier": float(multiplier) if multiplier is not None else None,
         "memory_max_mb": cap,
         "retry_unless_exit": json.dumps(codes) if codes else None,
+        "always": bool(get("always")),
         "inputs": get("inputs") or [],
         "outputs": get("outputs") or [],
         "parents": get("parents") or [],
@@ -271,6 +281,13 @@ def validate(jobs: Sequence[Any], broker: Broker) -> list[dict[str, Any]]:
     if problems:
         raise SubmissionError(problems)
     return clean  # type: ignore[return-value]
+
+
+def _initial_status(unmet: int) -> str:
+    """pending while inputs are awaited, ready at once, or pruned when an input can never exist."""
+    if unmet < 0:
+        return PRUNED
+    return PENDING if unmet else READY
 
 
 class WorkflowBook:
@@ -376,7 +393,7 @@ def store(
                 book.task(conn, wid, job["task"], now),
                 job["name"],
                 job["kind"],
-                PENDING if waits.get(job["uid"]) else READY,
+                _initial_status(waits.get(job["uid"], 0)),
                 job["queue"],
                 job["priority"],
                 job["cores"],
@@ -389,14 +406,15 @@ def store(
                 job["command"],
                 job["env"],
                 0,
-                "",
+                "" if waits.get(job["uid"], 0) >= 0 else _PRUNED_AT_SUBMISSION,
                 "",
                 now,
                 now,
-                waits.get(job["uid"], 0),
+                max(0, waits.get(job["uid"], 0)),
                 job["memory_multiplier"],
                 job["memory_max_mb"],
                 job["retry_unless_exit"],
+                job["always"],
             )
         )
         payloads.append(job["buffer"])
@@ -410,6 +428,9 @@ def store(
     if graph:
         stored = [(out.ids[j["uid"]], j) for j in clean if j["uid"] not in existing]
         dag.store(conn, wid, stored, available, products)
+        doomed = [job_id for job_id, j in stored if waits.get(j["uid"], 0) < 0]
+        if doomed:  # what they would have written can never exist either
+            dag.prune(conn, doomed, now, _PRUNED_AT_SUBMISSION, released=out.queues)
     blobs = []
     for row, buffer in zip(rows, payloads, strict=True):
         uid = row[0]

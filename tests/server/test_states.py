@@ -39,10 +39,20 @@ def test_illegal_transitions_raise(old, new):
         transition(job(old), new, 0.0)
 
 
-def test_final_states_have_no_way_out_except_a_user_retry():
+def test_final_states_have_no_way_out_except_back_to_waiting_on_a_user_retry():
     for old in states.FINAL_STATES:
         targets = {to for (frm, to) in states.TRANSITIONS if frm == old}
-        assert targets <= {"ready"}
+        assert targets <= {"ready", "pending"}
+
+
+def test_a_pruned_job_is_revived_to_wait_again():
+    values = transition(job("pruned"), "pending", 0.0)
+    assert values["status"] == "pending" and values["error_diag"] == ""
+
+
+def test_a_retried_job_whose_inputs_are_gone_again_waits_with_a_fresh_budget():
+    values = transition(job("cancelled", attempt=1), "pending", 0.0, extra_attempts=2)
+    assert values["status"] == "pending" and values["max_attempts"] == 3
 
 
 def test_user_retry_grants_a_fresh_attempt_budget():

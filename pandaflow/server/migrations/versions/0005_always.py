@@ -1,0 +1,24 @@
+"""jobs that run once their inputs ended, whatever the outcome (bps finalJob whenRun: ALWAYS)
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-12-02 04:00:00
+"""
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0005"
+down_revision = "0004"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.add_column(sa.Column("always", sa.Boolean(), nullable=False, server_default=sa.false()))
+
+
+def downgrade() -> None:
+    with op.batch_alter_table("jobs", schema=None) as batch_op:
+        batch_op.drop_column("always")
