@@ -390,7 +390,11 @@ def _plan_text(plan: dict[str, Any]) -> str:
     shown = plan["roots"][:10]
     more = f" (and {plan['n_roots'] - len(shown)} more)" if plan["n_roots"] > len(shown) else ""
     roots = f"roots ({plan['n_roots']} ready at submission): {', '.join(shown)}{more}"
-    return "\n\n".join([head, rows, roots, "nothing was submitted (--dry-run)"])
+    parts = [head, rows, roots]
+    if plan.get("clustered"):
+        merged = ", ".join(f"{n} in {label}" for label, n in plan["clustered"].items())
+        parts.append(f"clustered: the file's jobs run as one payload per cluster ({merged})")
+    return "\n\n".join([*parts, "nothing was submitted (--dry-run)"])
 
 
 def _owner(given: str | None) -> str:

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pandaflow import clustering
 from pandaflow.server import dag
 
 #: Keys of a task's defaults; every one but ``command`` may be overridden per job.
@@ -30,7 +31,8 @@ TASK_KEYS = (
 )  # fmt: skip
 #: Keys of a job.
 JOB_KEYS = ("name", "task", "label", "vars", "inputs", "outputs", "parents", *TASK_KEYS)
-TOP_KEYS = ("name", "owner", "available", "tasks", "jobs")
+TOP_KEYS = ("name", "owner", "available", "tasks", "clusters", "jobs")
+CLUSTER_KEYS = ("tasks", "dimensions")
 DEFAULT_TASK = "default"
 
 _INT_MAX = 2**31 - 1  # the server's integer columns are 32-bit
@@ -59,6 +61,7 @@ class DagFile:
     available: list[str]
     jobs: list[dict[str, Any]]  # job specs as the REST API takes them
     labels: dict[str, int] = field(default_factory=dict)  # task -> number of jobs, in file order
+    clustered: dict[str, int] = field(default_factory=dict)  # cluster label -> jobs of the file in it
 
     @property
     def body(self) -> dict[str, Any]:
@@ -92,6 +95,7 @@ class DagFile:
             "available": len(self.available),
             "n_roots": len(roots),
             "roots": roots,
+            "clustered": dict(self.clustered),
         }
 
 
@@ -255,6 +259,43 @@ def _tasks(check: _Checker, raw: Any) -> dict[str, dict[str, Any]]:
     return tasks
 
 
+def _clusters(check: _Checker, raw: Any, tasks: dict[str, dict[str, Any]]) -> list[clustering.ClusterSpec]:
+    if raw is None:
+        return []
+    if not isinstance(raw, dict):
+        check.bad("clusters", f"expected a mapping of labels to {{tasks, dimensions}}, got {_show(raw)}")
+        return []
+    specs: list[clustering.ClusterSpec] = []
+    owner: dict[str, str] = {}
+    for label, spec in raw.items():
+        key = f"clusters.{label}"
+        if check.name(key, label) is None:
+            continue
+        if not isinstance(spec, dict):
+            check.bad(key, f"expected a mapping with {', '.join(CLUSTER_KEYS)}, got {_show(spec)}")
+            continue
+        if _unknown(check, key, spec, CLUSTER_KEYS):
+            continue
+        members = spec.get("tasks")
+        if not isinstance(members, list) or not members or not all(isinstance(t, str) for t in members):
+            check.bad(f"{key}.tasks", f"expected a non-empty list of task names, got {_show(members)}")
+            continue
+        dims = spec.get("dimensions", [])
+        if not isinstance(dims, list) or not all(isinstance(d, str) and d.isidentifier() for d in dims):
+            check.bad(f"{key}.dimensions", f"expected a list of variable names, got {_show(dims)}")
+            continue
+        for task in members:
+            if tasks and task not in tasks:
+                check.bad(f"{key}.tasks", f"unknown task {task!r}; tasks declared: {', '.join(tasks)}")
+            elif task in owner:
+                check.bad(f"{key}.tasks", f"task {task!r} is already in cluster {owner[task]!r}")
+            owner.setdefault(task, label)
+        if label in tasks and label not in members:
+            check.bad(key, f"the cluster label {label!r} is the name of another task; choose another label")
+        specs.append(clustering.ClusterSpec(label, tuple(members), tuple(dims)))
+    return specs
+
+
 def _template_fields(template: str) -> list[str]:
     """The placeholders of a command template (``{name}``, ``{visit:03d}`` -> name, visit)."""
     found = []
@@ -346,6 +387,7 @@ def _job(
     if command is None:
         return None
     job["command"] = command
+    job["_vars"] = variables  # for clustering by dimension; removed before the job is sent
     return job
 
 
@@ -384,7 +426,24 @@ def parse(doc: Any, where: str = "<dag>") -> DagFile:
                 )
     if check.problems:
         raise DagFileError(check.problems)
+    specs = _clusters(check, doc.get("clusters"), tasks)
+    if check.problems:
+        raise DagFileError(check.problems)
+    variables = [job.pop("_vars") for job in jobs]
+    clustered = dict(Counter(s.label for job in jobs for s in specs if job["task"] in s.tasks))
+    if specs:
+        unclustered = jobs
+        jobs, problems = clustering.apply(jobs, variables, specs)
+        if problems:
+            raise DagFileError([f"{where}: clusters: {p}" for p in problems])
+        graph = dag.check(unclustered, available or ())  # the file's own graph first: clearer messages
+        if graph:
+            raise DagFileError(
+                [f"{where}: {p}" if p.startswith("jobs[") else f"{where}: jobs: {p}" for p in graph]
+            )
     graph = dag.check(jobs, available or ())
+    if graph and specs:
+        raise DagFileError([f"{where}: clusters: after clustering, {p}" for p in graph])
     if graph:
         # The server's messages start with jobs[i] or name the jobs; both are keys under 'jobs'.
         raise DagFileError(
@@ -392,4 +451,4 @@ def parse(doc: Any, where: str = "<dag>") -> DagFile:
         )
     labels = dict(Counter(j["task"] for j in jobs))
     return DagFile(path=where, name=name or "", owner=owner, available=list(available or []), jobs=jobs,
-                   labels=labels)  # fmt: skip
+                   labels=labels, clustered=clustered)  # fmt: skip
