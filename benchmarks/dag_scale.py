@@ -4,14 +4,21 @@ Labels: isr, characterizeImage, calibrate per visit x detector; consolidateVisit
 visit (fan-in over detectors); assembleCoadd per tract (fan-in over its visits); one final
 merge. ``--visits 5209 --detectors 64`` gives just over 1,000,000 jobs.
 
-Measures, against a real ``pandaflow server`` process on SQLite:
-  ingest   the graph sent over REST in all-or-nothing pieces (POST /workflows, then
-           POST /workflows/<id>/jobs), jobs/s and total seconds;
-  rss      the server's peak resident memory while ingesting and releasing;
-  release  finishing every job of the first label in bulk through the server's own completion
-           code (what pilots' results trigger) and timing the indexed release of the next label;
-  dispatch end to end with a local pilot running no-op shell commands on a slice of the graph
-           (``--dispatch-jobs``), jobs/s.
+Measures, against real ``pandaflow server`` processes on SQLite:
+  ingest    the graph sent over REST in all-or-nothing pieces (POST /workflows, then
+            POST /workflows/<id>/jobs), jobs/s and total seconds;
+  rss       the server's peak resident memory while ingesting and releasing;
+  release   finishing every job of the first label in bulk through the server's own completion
+            code (what pilots' results trigger) and timing the indexed release of the next label;
+  dispatch  end to end, submission to the last job ended, on a fresh server with local pilots
+            already registered, running no-op shell commands (``--dispatch-jobs`` quanta of the
+            isr -> characterizeImage -> calibrate chains): once with one job per quantum, once
+            clustered (each visit x detector chain one payload, as bps's dimension clustering
+            makes it), in quanta/s;
+  vs parsl  the same DAG of ``--compare-jobs`` no-op commands (fan-ins included) run the way
+            ctrl_bps_parsl runs a workflow, one parsl bash_app per job with its parents' futures
+            as inputs on a HighThroughputExecutor with as many workers as the pilots have
+            slots, beside pandaflow (unclustered and clustered); prints the time ratios.
 
     python benchmarks/dag_scale.py --visits 520 --detectors 64     # ~100k jobs
     python benchmarks/dag_scale.py                                   # 1M jobs
@@ -43,7 +50,7 @@ def free_port() -> int:
 
 
 def graph(visits: int, detectors: int, visits_per_tract: int = 50):
-    """Yield jobs label by label (producers before consumers)."""
+    """Yield ``(job, vars)`` label by label (producers before consumers)."""
     for label, reads, writes in (
         ("isr", "raw", "postISR"),
         ("characterizeImage", "postISR", "icExp"),
@@ -57,7 +64,7 @@ def graph(visits: int, detectors: int, visits_per_tract: int = 50):
                     "command": "true",
                     "inputs": [f"{reads}-{v}-{d}"],
                     "outputs": [f"{writes}-{v}-{d}"],
-                }
+                }, {"visit": v, "detector": d}
     for v in range(visits):
         yield {
             "name": f"consolidateVisitSummary-{v}",
@@ -65,7 +72,7 @@ def graph(visits: int, detectors: int, visits_per_tract: int = 50):
             "command": "true",
             "inputs": [f"calexp-{v}-{d}" for d in range(detectors)],
             "outputs": [f"visitSummary-{v}"],
-        }
+        }, {"visit": v}
     tracts = (visits + visits_per_tract - 1) // visits_per_tract
     for t in range(tracts):
         members = range(t * visits_per_tract, min(visits, (t + 1) * visits_per_tract))
@@ -75,13 +82,28 @@ def graph(visits: int, detectors: int, visits_per_tract: int = 50):
             "command": "true",
             "inputs": [f"visitSummary-{v}" for v in members],
             "outputs": [f"coadd-{t}"],
-        }
+        }, {"tract": t}
     yield {
         "name": "finalJob",
         "task": "finalJob",
         "command": "true",
         "inputs": [f"coadd-{t}" for t in range(tracts)],
-    }
+    }, {}
+
+
+def jobs_of(pairs) -> list[dict]:
+    return [job for job, _vars in pairs]
+
+
+def clustered(pairs) -> list[dict]:
+    """The graph with each visit x detector chain as one payload (bps dimension clustering)."""
+    from pandaflow.clustering import ClusterSpec, apply
+
+    pairs = list(pairs)
+    spec = ClusterSpec("singleFrame", ("isr", "characterizeImage", "calibrate"), ("visit", "detector"))
+    jobs, problems = apply([j for j, _ in pairs], [v for _, v in pairs], [spec])
+    assert not problems, problems
+    return jobs
 
 
 class ServerProcess:
@@ -156,7 +178,7 @@ def ingest(server: ServerProcess, jobs, piece: int) -> tuple[int, int, float]:
 
 
 def _raw(batch) -> set[str]:
-    return {p for j in batch if j["task"] == "isr" for p in j["inputs"]}
+    return {p for j in batch for p in j.get("inputs", ()) if p.startswith("raw-")}
 
 
 def release(server: ServerProcess, wid: int) -> tuple[int, int, float]:
@@ -196,32 +218,90 @@ def release(server: ServerProcess, wid: int) -> tuple[int, int, float]:
     return done, released, t_release
 
 
-def dispatch(n: int, workdir: str) -> tuple[int, float]:
-    """A fresh server and one local pilot run a chain-shaped slice of n no-op shell jobs."""
-    server = ServerProcess(workdir)
-    try:
-        jobs = list(graph(max(1, n // 3 // 8), 8))[:n]
-        wid, total, _ = ingest(server, iter(jobs), 10000)
-        env = dict(os.environ, PANDAFLOW_TOKEN=TOKEN)
-        pilot = subprocess.Popen(
+def start_pilots(server: ServerProcess, workdir: str, pilots: int, cores: int) -> list[subprocess.Popen]:
+    """Local pilots, returned once all have registered (their start-up is not measured)."""
+    env = dict(os.environ, PANDAFLOW_TOKEN=TOKEN)
+    procs = [
+        subprocess.Popen(
             [sys.executable, "-m", "pandaflow.pilot", "--zmq", f"tcp://127.0.0.1:{server.zport}",
-             "--cores", "2", "--prefetch", "64", "--workdir", f"{workdir}/pilot"],
+             "--cores", str(cores), "--prefetch", "64", "--workdir", f"{workdir}/pilot{i}"],
             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
         )  # fmt: skip
+        for i in range(pilots)
+    ]
+    deadline = time.time() + 120
+    while len(server.session.get(f"{server.url}/pilots", timeout=30).json()["pilots"]) < pilots:
+        if time.time() > deadline:
+            raise RuntimeError("the pilots did not register within 120 s")
+        time.sleep(0.2)
+    return procs
+
+
+def run_dag(jobs: list[dict], workdir: str, pilots: int, cores: int) -> tuple[int, float]:
+    """A fresh server with registered pilots runs ``jobs``; returns (jobs ended, seconds from the
+    start of the submission to the last job ended)."""
+    os.makedirs(workdir, exist_ok=True)
+    server = ServerProcess(workdir)
+    procs = []
+    try:
+        procs = start_pilots(server, workdir, pilots, cores)
         t0 = time.perf_counter()
+        wid, total, _ = ingest(server, iter(jobs), 10000)
         while True:
-            summary = server.session.get(f"{server.url}/summary", timeout=30).json()
-            counts = summary.get("jobs") or summary.get("counts") or {}
+            counts = server.session.get(f"{server.url}/workflows/{wid}", timeout=30).json().get("counts", {})
             ended = sum(counts.get(k, 0) for k in ("finished", "failed", "pruned", "cancelled"))
-            if ended >= total or time.perf_counter() - t0 > 900:
+            if ended >= total or time.perf_counter() - t0 > 1800:
                 break
-            time.sleep(0.5)
+            time.sleep(0.05)
         elapsed = time.perf_counter() - t0
-        pilot.terminate()
-        pilot.wait(30)
+        failed = sum(counts.get(k, 0) for k in ("failed", "pruned", "cancelled"))
+        if failed:
+            raise RuntimeError(f"{failed} of {total} jobs did not finish: {counts}")
         return ended, elapsed
     finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(30)
         server.stop()
+
+
+def run_parsl(jobs: list[dict], workdir: str, workers: int) -> float:
+    """The DAG as ctrl_bps_parsl runs it: one bash_app per job, its parents' futures as inputs,
+    on a HighThroughputExecutor with ``workers`` workers; seconds from the first submission to
+    the last result (the executor's start-up is not measured)."""
+    import parsl
+    from parsl.app.bash import BashApp
+    from parsl.config import Config
+    from parsl.executors import HighThroughputExecutor
+    from parsl.providers import LocalProvider
+
+    def run_command(command_line: str, inputs=(), stdout=None, stderr=None) -> str:
+        return command_line
+
+    # parsl starts its interchange and workers as the venv's scripts
+    os.environ["PATH"] = os.path.dirname(sys.executable) + os.pathsep + os.environ.get("PATH", "")
+    htex = HighThroughputExecutor(label="htex", max_workers_per_node=workers, cores_per_worker=1,
+                                  provider=LocalProvider(init_blocks=1, max_blocks=1))  # fmt: skip
+    dfk = parsl.load(Config(executors=[htex], run_dir=f"{workdir}/runinfo", strategy="none"))
+    try:
+        app = BashApp(run_command, data_flow_kernel=dfk, executors=["htex"])
+        app("true").result()  # the workers are up
+        writer: dict[str, object] = {}
+        futures = []
+        t0 = time.perf_counter()
+        for job in jobs:  # topological order: producers first
+            inputs = [writer[p] for p in job.get("inputs", ()) if p in writer]
+            future = app(job["command"], inputs=inputs)
+            for product in job.get("outputs", ()):
+                writer[product] = future
+            futures.append(future)
+        for future in futures:
+            future.result()
+        return time.perf_counter() - t0
+    finally:
+        dfk.cleanup()
+        parsl.clear()
 
 
 def main() -> int:
@@ -229,24 +309,61 @@ def main() -> int:
     parser.add_argument("--visits", type=int, default=5209)
     parser.add_argument("--detectors", type=int, default=64)
     parser.add_argument("--piece", type=int, default=50000, help="jobs per REST request")
-    parser.add_argument("--dispatch-jobs", type=int, default=3000)
+    parser.add_argument("--dispatch-jobs", type=int, default=30000, help="quanta of the dispatch runs")
+    parser.add_argument("--compare-jobs", type=int, default=10000, help="jobs of the run beside parsl HTEX")
+    parser.add_argument("--pilots", type=int, default=1, help="local pilots of the dispatch runs")
+    parser.add_argument("--cores", type=int, default=2, help="slots per pilot")
+    parser.add_argument("--skip", action="append", default=[], choices=["ingest", "dispatch", "parsl"])
     args = parser.parse_args()
+    slots = args.pilots * args.cores
+    print(f"pandaflow DAG scale benchmark: {os.cpu_count()} cores here; dispatch with {args.pilots} local "
+          f"pilot(s) x {args.cores} slots")  # fmt: skip
     with tempfile.TemporaryDirectory(prefix="dag-scale-") as workdir:
-        server = ServerProcess(workdir)
-        try:
-            wid, total, seconds = ingest(server, graph(args.visits, args.detectors), args.piece)
-            print(f"ingest:   {total} jobs in {seconds:.1f} s ({total / seconds:.0f} jobs/s)")
-            done, released, t_release = release(server, wid)
-            rate = released / max(t_release, 1e-9)
-            print(f"release:  {done} isr jobs finished, {released} characterizeImage jobs released in "
-                  f"{t_release:.1f} s of completion work ({rate:.0f} jobs/s)")  # fmt: skip
-            print(f"rss:      server peak {server.peak_rss / 2**20:.0f} MB")
-        finally:
-            server.stop()
-        os.makedirs(f"{workdir}/d", exist_ok=True)
-        ended, elapsed = dispatch(args.dispatch_jobs, f"{workdir}/d")
-        print(f"dispatch: {ended} no-op shell jobs end to end with one 2-slot local pilot in {elapsed:.1f} s "
-              f"({ended / elapsed:.0f} jobs/s)")  # fmt: skip
+        if "ingest" not in args.skip:
+            server = ServerProcess(workdir)
+            try:
+                pairs = graph(args.visits, args.detectors)
+                wid, total, seconds = ingest(server, (j for j, _ in pairs), args.piece)
+                print(f"ingest:   {total} jobs in {seconds:.1f} s ({total / seconds:.0f} jobs/s)")
+                done, released, t_release = release(server, wid)
+                rate = released / max(t_release, 1e-9)
+                print(f"release:  {done} isr jobs finished, {released} characterizeImage jobs released in "
+                      f"{t_release:.1f} s of completion work ({rate:.0f} jobs/s)")  # fmt: skip
+                print(f"rss:      server peak {server.peak_rss / 2**20:.0f} MB")
+            finally:
+                server.stop()
+        if "dispatch" not in args.skip:
+            visits = max(1, args.dispatch_jobs // 3 // 8)
+            chains = list(graph(visits, 8))[: visits * 8 * 3]  # the three per-detector labels
+            quanta = len(chains)
+            ended, elapsed = run_dag(jobs_of(chains), f"{workdir}/d1", args.pilots, args.cores)
+            print(f"dispatch: {quanta} no-op quanta, one job each: {elapsed:.1f} s, {quanta / elapsed:.0f} "
+                  "quanta/s end to end")  # fmt: skip
+            merged = clustered(chains)
+            ended, elapsed = run_dag(merged, f"{workdir}/d2", args.pilots, args.cores)
+            rates = f"{quanta / elapsed:.0f} quanta/s end to end ({ended / elapsed:.0f} payloads/s)"
+            print(f"dispatch: {quanta} no-op quanta clustered into {ended} chain payloads: {elapsed:.1f} s, "
+                  + rates)
+        if "parsl" not in args.skip:
+            detectors = 64
+            visits = max(1, round(args.compare_jobs / (3 * detectors)))
+            pairs = list(graph(visits, detectors))
+            jobs = jobs_of(pairs)
+            n = len(jobs)
+            t_parsl = run_parsl(jobs, f"{workdir}/p", slots)
+            _, t_panda = run_dag(jobs, f"{workdir}/c1", args.pilots, args.cores)
+            merged = clustered(pairs)
+            _, t_clustered = run_dag(merged, f"{workdir}/c2", args.pilots, args.cores)
+            rows = [
+                ("parsl HTEX, one bash_app per job (ctrl_bps_parsl)", t_parsl, "jobs/s", ""),
+                ("pandaflow, one job per quantum", t_panda, "jobs/s",
+                 f"ratio pandaflow/HTEX {t_panda / t_parsl:.2f}"),
+                (f"pandaflow, chains clustered ({len(merged)} payloads)", t_clustered, "quanta/s",
+                 f"ratio pandaflow/HTEX {t_clustered / t_parsl:.2f}"),
+            ]  # fmt: skip
+            print(f"vs parsl: the same {n}-job DAG of no-op commands with {slots} slots:")
+            for what, seconds, unit, ratio in rows:
+                print(f"          {what:<52} {seconds:6.1f} s  {n / seconds:6.0f} {unit:<9} {ratio}")
     print("targets: ingest of 1M jobs <= 60 s, server RSS <= 2 GB, release + dispatch >= 2,000 jobs/s")
     return 0
 

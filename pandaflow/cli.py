@@ -138,7 +138,8 @@ def server(db_url, host, port, zmq_port, queues_file, token_file, heartbeat_inte
 @click.option("--name", default=None, help="Pilot name (default: host-pid-random).")
 @click.option("--idle-timeout", default=0.0, type=float, help="Exit after this many idle seconds (0: never).")
 @click.option(
-    "--prefetch", default=None, type=int, help="Jobs held beyond free slots (default: one per slot)."
+    "--prefetch", default=None, type=int,
+    help="Jobs held beyond free slots (default: adaptive, about 1 s of work per slot, 1-16 per slot).",
 )
 @click.option(
     "--server-timeout", default=600.0, show_default=True, type=float,

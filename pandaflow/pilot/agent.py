@@ -26,6 +26,9 @@ from pandaflow.pilot.runner import Outcome, Payload, PayloadRunner
 log = logging.getLogger(__name__)
 
 _RESEND_AFTER = 5.0  # seconds an unacknowledged result waits before it is sent again
+PREFETCH_SECONDS = 1.0  # adaptive prefetch: work held per slot beyond the running jobs, in seconds
+PREFETCH_MAX_PER_SLOT = 16  # ... but never more jobs than this per slot (other pilots want some)
+_RESULTS_PER_MESSAGE = 500
 
 
 class PilotError(RuntimeError):
@@ -47,7 +50,8 @@ class PilotConfig:
     server_timeout: float = 600.0  # give up after this long without a word from the server (0: never)
     exit_with: int | None = None  # exit when this process (the one that started us) is gone
     heartbeat_interval: float = 5.0  # replaced by the server's value at registration
-    prefetch: int | None = None  # jobs held beyond free slots (default: one per slot)
+    prefetch: int | None = None  # jobs held beyond free slots (None: adaptive, see Pilot.prefetch)
+    report_linger: float = 0.005  # seconds a result may wait to share a message with the next ones
     sample_interval: float = 1.0
     min_free_disk_mb: int = 100
     worker_id: int | None = None  # the harvester's worker this pilot runs in (sent at registration)
@@ -57,8 +61,10 @@ class PilotConfig:
             raise PilotError(f"--cores must be at least 1, got {self.cores}")
         if self.memory_mb is not None and self.memory_mb <= 0:
             raise PilotError(f"--memory must be positive, got {self.memory_mb}")
-        if self.prefetch is None:
-            self.prefetch = self.cores
+        if self.prefetch is not None and self.prefetch < 0:
+            raise PilotError(f"--prefetch must not be negative, got {self.prefetch}")
+        if self.report_linger < 0:
+            raise PilotError(f"report_linger must not be negative, got {self.report_linger}")
 
 
 def _wire(outcome: Outcome) -> dict[str, Any]:
@@ -95,6 +101,9 @@ class Pilot:
         self.stopping = False
         self.last_activity = self.last_heard = time.time()
         self.done = 0
+        self.mean_runtime: float | None = None  # moving average of job run times (adaptive prefetch)
+        self.results: list[dict[str, Any]] = []  # outcomes not yet sent (see _flush_results)
+        self.results_since = 0.0
         self._ctx = zmq.Context.instance()
         self.sock = self._ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.ROUTING_ID, cfg.name.encode())
@@ -109,12 +118,24 @@ class Pilot:
         message["tok"] = self.cfg.token
         self.sock.send(protocol.encode(message))
 
+    def prefetch(self) -> int:
+        """Jobs to hold beyond the free slots. Fixed with ``--prefetch``; otherwise about
+        PREFETCH_SECONDS of work per slot at the run times seen so far (one job per slot until
+        a job ended, at most PREFETCH_MAX_PER_SLOT): a pilot of short jobs takes many per
+        request and never idles waiting for the next message, one of long jobs takes few."""
+        if self.cfg.prefetch is not None:
+            return self.cfg.prefetch
+        if self.mean_runtime is None:
+            return self.cfg.cores
+        per_slot = min(PREFETCH_MAX_PER_SLOT, max(1.0, PREFETCH_SECONDS / max(self.mean_runtime, 1e-4)))
+        return int(per_slot * self.cfg.cores)
+
     def want(self) -> dict[str, Any]:
         if self.draining:
             return {"n": 0}
         held = len(self.queued) + self.runner.held()
         return {
-            "n": max(0, self.cfg.cores + (self.cfg.prefetch or 0) - held),
+            "n": max(0, self.cfg.cores + self.prefetch() - held),
             "cores": self.cfg.cores,
             "memory_mb": self.cfg.memory_mb,
         }
@@ -137,6 +158,7 @@ class Pilot:
     def heartbeat(self) -> None:
         running = self.runner.running()
         known = [p.job_id for p in self.queued] + list(running) + [k[0] for k in self.unacked]
+        known += [w["id"] for w in self.results]  # ended, their outcome not sent yet
         self.send(
             {
                 "op": "heartbeat",
@@ -198,6 +220,8 @@ class Pilot:
         try:
             while True:
                 wake_at = self.next_beat if self.registered else min(self.next_beat, next_register)
+                if self.results:
+                    wake_at = min(wake_at, self.results_since + self.cfg.report_linger)
                 timeout = max(0.0, wake_at - time.time())
                 events = dict(poller.poll(int(timeout * 1000) + 1))
                 if self.sock in events:
@@ -206,6 +230,7 @@ class Pilot:
                         break
                 self._start_queued()
                 self._report(self.runner.wait(0))
+                self._flush_results()
                 now = time.time()
                 if not self.registered and now >= next_register:
                     self.register()
@@ -330,21 +355,45 @@ class Pilot:
         self._report([outcome])
 
     def _report(self, outcomes: list[Outcome]) -> None:
+        """Queue outcomes for the server (see :meth:`_flush_results`) and refill the slots."""
         if not outcomes:
             return
         now = time.time()
-        wire = [_wire(o) for o in outcomes]
-        for w in wire:
-            self.unacked[(w["id"], w["attempt"])] = (now, w)
+        for o in outcomes:
+            if o.ended_at > o.started_at > 0:
+                ran = o.ended_at - o.started_at
+                self.mean_runtime = ran if self.mean_runtime is None else 0.9 * self.mean_runtime + 0.1 * ran
+        if not self.results:
+            self.results_since = now
+        self.results.extend(_wire(o) for o in outcomes)
         self.done += len(outcomes)
         self.last_activity = now
         self._start_queued()
-        self.send({"op": "results", "outcomes": wire, "want": self.want()})
+
+    def _flush_results(self, force: bool = False) -> None:
+        """Send the queued outcomes in one message when nothing else is running (so a lone task's
+        result goes at once), when the oldest has waited ``report_linger``, or when many wait:
+        short jobs then share messages, and the server one transaction, instead of one each."""
+        if not self.results:
+            return
+        now = time.time()
+        if not (
+            force
+            or not self.runner.held()
+            or now - self.results_since >= self.cfg.report_linger
+            or len(self.results) >= _RESULTS_PER_MESSAGE
+        ):
+            return
+        wire, self.results = self.results, []
+        for w in wire:
+            self.unacked[(w["id"], w["attempt"])] = (now, w)
+        for i in range(0, len(wire), _RESULTS_PER_MESSAGE):
+            self.send({"op": "results", "outcomes": wire[i : i + _RESULTS_PER_MESSAGE], "want": self.want()})
 
     def _resend(self, now: float) -> None:
         stale = [w for (t, w) in self.unacked.values() if now - t >= _RESEND_AFTER]
-        for i in range(0, len(stale), 500):
-            self.send({"op": "results", "outcomes": stale[i : i + 500], "want": self.want()})
+        for i in range(0, len(stale), _RESULTS_PER_MESSAGE):
+            self.send({"op": "results", "outcomes": stale[i : i + _RESULTS_PER_MESSAGE], "want": self.want()})
         t = time.time()
         for w in stale:
             self.unacked[(w["id"], w["attempt"])] = (t, w)
@@ -360,7 +409,7 @@ class Pilot:
         return False
 
     def _idle_expired(self, now: float) -> bool:
-        if not self.cfg.idle_timeout or self.queued or self.runner.held() or self.unacked:
+        if not self.cfg.idle_timeout or self.queued or self.runner.held() or self.unacked or self.results:
             return False
         return now - self.last_activity > self.cfg.idle_timeout
 
@@ -392,6 +441,7 @@ class Pilot:
             )
         self.queued.clear()
         self._report(outcomes)
+        self._flush_results(force=True)
         deadline = time.time() + 5.0
         while self.unacked and time.time() < deadline:
             if self.sock.poll(200, zmq.POLLIN):

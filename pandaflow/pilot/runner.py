@@ -650,7 +650,12 @@ class PayloadRunner:
         env["PANDAFLOW_ATTEMPT"] = str(p.attempt)
         job = self._new_job(p)  # before Popen: starting the command is part of its run time
         try:
-            os.makedirs(jobdir, exist_ok=True)
+            try:
+                os.mkdir(jobdir)  # one system call on the hot path; makedirs for the first job
+            except FileNotFoundError:
+                os.makedirs(jobdir, exist_ok=True)
+            except FileExistsError:
+                pass
             with open(log_path, "wb") as logf:
                 popen = subprocess.Popen(["/bin/bash", "-c", p.command or ""], cwd=jobdir, env=env,
                                          stdin=subprocess.DEVNULL, stdout=logf, stderr=subprocess.STDOUT,
@@ -662,10 +667,8 @@ class PayloadRunner:
             return
         job.popen = popen
         job.log_path = log_path
-        try:
-            job.ps = psutil.Process(popen.pid)
-        except psutil.Error:
-            job.ps = None
+        # job.ps (psutil's handle, for signalling the tree) is made when first needed: most short
+        # commands end before anything signals them, and making it reads /proc on the hot path.
         with self._lock:
             self._jobs[p.job_id] = job
             self._used += p.cores
@@ -885,6 +888,11 @@ class PayloadRunner:
         if job.worker is not None:
             self._signal_worker(job.worker, sig)
         elif job.popen is not None and not job.reaped:
+            if job.ps is None:
+                try:  # safe before reaping: the unreaped pid cannot belong to another process
+                    job.ps = psutil.Process(job.popen.pid)
+                except psutil.Error:
+                    pass
             self._signal_processes(job.ps, job.popen.pid, sig)
 
     def _signal_worker(self, w: _Worker, sig: int) -> None:

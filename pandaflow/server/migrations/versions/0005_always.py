@@ -15,8 +15,9 @@ depends_on = None
 
 
 def upgrade() -> None:
-    with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.add_column(sa.Column("always", sa.Boolean(), nullable=False, server_default=sa.false()))
+    # A plain ADD COLUMN: batch mode would copy the jobs table on SQLite (slow on a big database)
+    # and rebuild its indexes from reflection, losing the DESC of ix_jobs_dispatch.
+    op.add_column("jobs", sa.Column("always", sa.Boolean(), nullable=False, server_default=sa.false()))
 
 
 def downgrade() -> None:
