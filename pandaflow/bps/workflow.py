@@ -10,7 +10,10 @@ without children, so it runs last.
 Command lines are resolved the way the other plugins do: the executable and the arguments,
 then ``{name}`` placeholders filled from the job's ``cmdvals``, then ``<ENV:NAME>`` turned into
 ``${NAME}`` (expanded by the shell on the pilot) and ``<FILE:name>`` into the file's path (a
-shared file system is assumed, as in ctrl_bps_parsl), repeated until nothing changes.
+shared file system is assumed, as in ctrl_bps_parsl), repeated until nothing changes. The job's
+``environment`` is resolved the same way; a value that names other variables (bps keeps
+``PATH: /opt/bin:<ENV:PATH>`` for the worker to expand) is exported at the head of the command
+line, since the pilot sets ``env`` values verbatim.
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ INIT_LABEL = "pipetaskInit"
 BODY_FILE = "pandaflow_workflow.json"
 _ENV = re.compile(r"<ENV:([^>\s]+)>")
 _FILE = re.compile(r"<FILE:([^>\s]+)>")
+_IDENTIFIER = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 class TranslationError(ValueError):
@@ -83,7 +87,8 @@ def resolve(text: str, cmdvals: dict[str, Any], files: dict[str, str], job: str,
     return text
 
 
-def command_line(job: GenericWorkflowJob, gwf: GenericWorkflow) -> str:
+def command_line(job: GenericWorkflowJob, gwf: GenericWorkflow, exports: dict[str, str] | None = None) -> str:
+    """The shell command of a generic job; ``exports`` are set (and expanded) by the shell first."""
     if job.executable is None or not job.executable.src_uri:
         raise TranslationError(f"job {job.name!r} has no executable")
     command = job.executable.src_uri + (" " + job.arguments if job.arguments else "")
@@ -92,7 +97,29 @@ def command_line(job: GenericWorkflowJob, gwf: GenericWorkflow) -> str:
         command = f"{job.pre_cmdline} && {command}"
     if job.post_cmdline:
         command = f"{command}; status=$?; {job.post_cmdline}; exit $status"
+    for name, value in reversed((exports or {}).items()):
+        command = f'export {name}="{_double_quoted(value)}"; {command}'
     return command
+
+
+def _double_quoted(value: str) -> str:
+    """``value`` for the inside of shell double quotes: ``$`` stays live, so ``${NAME}`` expands."""
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("`", "\\`")
+
+
+def environment(job: GenericWorkflowJob, gwf: GenericWorkflow) -> tuple[dict[str, str], dict[str, str]]:
+    """The job's ``environment`` resolved, split into literal values (the pilot sets them as they
+    are) and values naming other variables (exported by the job's shell, which expands them)."""
+    literal: dict[str, str] = {}
+    exported: dict[str, str] = {}
+    files = _file_paths(gwf, job.name)
+    for key, value in (job.environment or {}).items():
+        name, text = str(key), resolve(str(value), dict(job.cmdvals or {}), files, job.name, gwf)
+        if "$" in text and _IDENTIFIER.fullmatch(name):
+            exported[name] = text
+        else:
+            literal[name] = text
+    return literal, exported
 
 
 def _int(value: Any) -> int | None:
@@ -106,7 +133,10 @@ def _int(value: Any) -> int | None:
 
 def job_fields(job: GenericWorkflowJob, gwf: GenericWorkflow) -> dict[str, Any]:
     """The pandaflow fields of one generic job (resources and ctrl_bps retry semantics)."""
-    out: dict[str, Any] = {"name": job.name, "task": job.label, "command": command_line(job, gwf)}
+    env, exports = environment(job, gwf)
+    out: dict[str, Any] = {"name": job.name, "task": job.label, "command": command_line(job, gwf, exports)}
+    if env:
+        out["env"] = env
     memory = _int(job.request_memory)
     if memory:
         out["memory_mb"] = memory
@@ -130,12 +160,6 @@ def job_fields(job: GenericWorkflowJob, gwf: GenericWorkflow) -> dict[str, Any]:
     codes = job.retry_unless_exit
     if codes is not None:
         out["retry_unless_exit"] = [int(c) for c in (codes if isinstance(codes, list | tuple) else [codes])]
-    if job.environment:
-        files = _file_paths(gwf, job.name)
-        out["env"] = {
-            str(k): resolve(str(v), dict(job.cmdvals or {}), files, job.name, gwf)
-            for k, v in job.environment.items()
-        }
     return out
 
 

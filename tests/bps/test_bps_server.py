@@ -22,7 +22,13 @@ gw_test_utils = pytest.importorskip("lsst.ctrl.bps.tests.gw_test_utils")
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 
-from lsst.ctrl.bps import BpsConfig, GenericWorkflowExec, WmsStates  # noqa: E402
+from lsst.ctrl.bps import (  # noqa: E402
+    BpsConfig,
+    GenericWorkflow,
+    GenericWorkflowExec,
+    GenericWorkflowJob,
+    WmsStates,
+)
 from pfharness import PilotProcess, ServerProcess, wait_until  # noqa: E402
 
 from pandaflow.bps import PandaflowService  # noqa: E402
@@ -188,3 +194,14 @@ def test_the_bps_cli_reports_and_gives_the_status_of_a_run(server, tmp_path):
                             timeout=120)  # fmt: skip
     assert status.returncode == WmsStates.SUCCEEDED.value, status.stderr
     assert time.monotonic() - started < 120
+
+
+def test_environment_values_naming_variables_are_expanded_on_the_pilot(server, tmp_path):
+    gwf = GenericWorkflow("env-expansion")
+    job = GenericWorkflowJob("job1", label="label1", executable=SH, number_of_retries=0)
+    job.arguments = "-c 'echo $DATA > <ENV:BPS_TEST_OUT>/data.txt'"
+    job.environment = {"BPS_TEST_OUT": str(tmp_path), "DATA": "<ENV:BPS_TEST_OUT>/sub"}
+    gwf.add_job(job)
+    run_id = _submit(gwf, tmp_path).run_id
+    assert _wait_state(run_id, {WmsStates.SUCCEEDED, WmsStates.FAILED}) == WmsStates.SUCCEEDED
+    assert (tmp_path / "data.txt").read_text().strip() == f"{tmp_path}/sub"

@@ -118,7 +118,22 @@ def test_memory_and_retry_settings_map_to_pandaflow_fields():
     assert job["max_attempts"] == 6  # the first attempt plus numberOfRetries
     assert job["retry_unless_exit"] == [1, 2]
     assert job["cores"] == 2 and job["walltime_s"] == 5400 and job["priority"] == 10
-    assert job["env"] == {"OMP_NUM_THREADS": "1", "DATA": "${HOME}/data"}
+    assert job["env"] == {"OMP_NUM_THREADS": "1"}
+
+
+def test_environment_values_naming_variables_are_exported_by_the_job_shell_which_expands_them():
+    gwf, _ = _one_job_workflow(
+        arguments="run", environment={"OMP_NUM_THREADS": "1", "PATH": "/opt/stack/bin:<ENV:PATH>",
+                                      "NOTE": 'say "hi" `now`'},
+    )  # fmt: skip
+    job = to_body(gwf)["jobs"][0]
+    assert job["env"] == {"OMP_NUM_THREADS": "1", "NOTE": 'say "hi" `now`'}  # set verbatim by the pilot
+    assert job["command"] == 'export PATH="/opt/stack/bin:${PATH}"; /bin/echo run'
+
+
+def test_exports_come_before_the_pre_command_line():
+    gwf, _ = _one_job_workflow(arguments="run", pre_cmdline="setup.sh", environment={"D": "<ENV:HOME>/d"})
+    assert to_body(gwf)["jobs"][0]["command"] == 'export D="${HOME}/d"; setup.sh && /bin/echo run'
 
 
 def test_a_single_retry_unless_exit_code_becomes_a_list_and_no_multiplier_means_no_growth():
