@@ -7,6 +7,10 @@ started it and a later ``bps report --id ID`` from another shell finds it throug
 ``idle_timeout`` seconds without work and the next submission starts another. A lock file
 (``bps-local.lock``, ``fcntl.flock``) keeps two concurrent submissions from starting two
 servers; ``bps-local.json`` remembers the pids of what was started.
+
+A reused pilot keeps the environment of the submission that started it, so :func:`fit_run`
+gives each job of a local run what it needs from the submitting shell: its ``PATH`` (which
+``pipetask`` and ``butler``) and the variables its command line names (bps ``<ENV:NAME>``).
 """
 
 from __future__ import annotations
@@ -14,19 +18,24 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import json
+import logging
 import os
+import re
 import subprocess
 import sys
+import sysconfig
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import psutil
 
 from pandaflow import config as pf_config
 from pandaflow.client import Client, ClientError
 
+_LOG = logging.getLogger(__name__)
 START_TIMEOUT = 60.0  # seconds the server gets to answer (first start runs the migrations)
 PILOT_IDLE_TIMEOUT = 600.0
 
@@ -93,11 +102,20 @@ def _alive(pid: int | None, marker: str) -> bool:
         return False
 
 
-def _detached(cmd: list[str], log_path: Path, cwd: Path) -> int:
+def search_path(environ: Mapping[str, str]) -> str:
+    """``environ``'s PATH, ending with this Python's scripts directory if it lacks it: the
+    ``pipetask`` and ``butler`` installed beside the running bps, when ``bps`` was started by its
+    full path from a shell that never activated the environment."""
+    scripts = sysconfig.get_path("scripts") or str(Path(sys.executable).parent)
+    path = environ.get("PATH") or os.defpath
+    return path if scripts in path.split(os.pathsep) else f"{path}{os.pathsep}{scripts}"
+
+
+def _detached(cmd: list[str], log_path: Path, cwd: Path, env: dict[str, str] | None = None) -> int:
     with open(log_path, "ab") as log:
         proc = subprocess.Popen(
             cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT, cwd=cwd,
-            start_new_session=True, close_fds=True,
+            start_new_session=True, close_fds=True, env=env,
         )  # fmt: skip
     return proc.pid
 
@@ -147,7 +165,8 @@ def _start_pilot(home: Path, url: str, cores: int, idle_timeout: float) -> int:
     token_file = home / "token"
     if not os.environ.get("PANDAFLOW_TOKEN") and token_file.exists():
         cmd += ["--token-file", str(token_file)]
-    return _detached(cmd, home / "bps-pilot.log", workdir)
+    env = {**os.environ, "PATH": search_path(os.environ)}
+    return _detached(cmd, home / "bps-pilot.log", workdir, env=env)
 
 
 def local_cores() -> int:
@@ -183,3 +202,42 @@ def ensure_local(
             state.update(pilot_pid=pilot_pid, pilot_url=url)
         _state_path(home).write_text(json.dumps(state))
     return LocalServer(url=url, token=token, pilot_pid=pilot_pid if with_pilot else None, home=home)
+
+
+_SHELL_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+_EXPORT = re.compile(r"(?:^|; )export ([A-Za-z_][A-Za-z0-9_]*)=")
+
+
+def fit_run(body: dict[str, Any], cores: int, environ: Mapping[str, str]) -> dict[str, Any]:
+    """A submission body adapted to the local pilot (a new body; ``body`` is left as it is).
+
+    - jobs never ask more cores than the pilot has: bps asks 16 for ``finalJob``, which a
+      laptop's pilot could never take;
+    - every job runs with the submitting shell's ``PATH`` (see :func:`search_path`) and its
+      values of the variables the command line names (``${NAME}``, from bps ``<ENV:NAME>``),
+      unless the job's own ``env`` sets them: a pilot reused from an earlier submission
+      still has that submission's environment.
+    """
+    cores = max(1, int(cores))
+    path = search_path(environ)
+    unset: dict[str, list[str]] = {}
+    jobs = []
+    for job in body["jobs"]:
+        env = {"PATH": path, **(job.get("env") or {})}
+        command = job.get("command") or ""
+        exported = set(_EXPORT.findall(command))  # pandaflow.bps.workflow exports some variables
+        for name in _SHELL_VARIABLE.findall(command):
+            if name in env or name in exported:
+                continue
+            if name in environ:
+                env[name] = environ[name]
+            else:
+                unset.setdefault(name, []).append(job["name"])
+        jobs.append({**job, "cores": min(job.get("cores") or 1, cores), "env": env})
+    for name, names in unset.items():
+        _LOG.warning(
+            "%d job(s) (%s%s) use ${%s}, which is not set in this shell: they will see the local "
+            "pilot's value, if any; export %s before bps submit, or set it under 'environment' in the "
+            "submit yaml", len(names), ", ".join(names[:3]), ", ..." if len(names) > 3 else "", name, name,
+        )  # fmt: skip
+    return {**body, "jobs": jobs}

@@ -120,7 +120,8 @@ class PandaflowService(BaseWmsService):
         client = self.client(start=True)
         body = workflow.body
         if self._local:
-            body = _fit_local(body, _config_value(self.config, "pandaflowLocalCores") or local.local_cores())
+            cores = _config_value(self.config, "pandaflowLocalCores") or local.local_cores()
+            body = local.fit_run(body, int(cores), os.environ)
         try:
             reply = client.submit(body["name"], body["jobs"], owner=body.get("owner"))
         except ClientError as exc:
@@ -316,16 +317,6 @@ class PandaflowService(BaseWmsService):
         if not reply.get("changed"):
             return None, None, f"run {wid} has no failed or cancelled job to restart"
         return str(wid), name, ""
-
-
-def _fit_local(body: dict[str, Any], cores: Any) -> dict[str, Any]:
-    """Cap the cores jobs ask for at the local pilot's: bps asks 16 for the final job by default,
-    which a laptop's pilot could never take."""
-    cores = max(1, int(cores))
-    if not any((j.get("cores") or 1) > cores for j in body["jobs"]):
-        return body
-    _LOG.info("local run: jobs asking more than %d core(s) get %d", cores, cores)
-    return {**body, "jobs": [{**j, "cores": min(j.get("cores") or 1, cores)} for j in body["jobs"]]}
 
 
 def _epoch(iso: str | None) -> float:

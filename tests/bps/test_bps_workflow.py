@@ -4,6 +4,9 @@ test workflows; no server needed."""
 from __future__ import annotations
 
 import json
+import os
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -18,8 +21,7 @@ from lsst.ctrl.bps import (  # noqa: E402
     GenericWorkflowJob,
 )
 
-from pandaflow.bps import PandaflowService  # noqa: E402
-from pandaflow.bps.service import _fit_local  # noqa: E402
+from pandaflow.bps import PandaflowService, local  # noqa: E402
 from pandaflow.bps.workflow import BODY_FILE, TranslationError, to_body  # noqa: E402
 
 
@@ -155,8 +157,34 @@ def test_prepare_writes_the_submission_body_to_the_submit_directory(tmp_path):
 
 def test_local_runs_cap_cores_at_the_local_pilot():
     body = {"name": "r", "jobs": [{"name": "a", "cores": 16}, {"name": "b"}]}
-    assert [j.get("cores") for j in _fit_local(body, 2)["jobs"]] == [2, 1]
-    assert _fit_local({"name": "r", "jobs": [{"name": "a", "cores": 1}]}, 2)["jobs"][0]["cores"] == 1
+    assert [j.get("cores") for j in local.fit_run(body, 2, {"PATH": "/bin"})["jobs"]] == [2, 1]
+
+
+def test_local_jobs_carry_the_submitting_shells_path_and_the_variables_they_name():
+    body = {"name": "r", "jobs": [
+        {"name": "a", "command": "pipetask run-qbb ${REPO} g.qg"},
+        {"name": "b", "command": "pipetask run-qbb ${REPO} g.qg", "env": {"REPO": "/mine", "PATH": "/b"}},
+        {"name": "c", "command": 'export D="${HOME}/d"; ls ${D}'},
+    ]}  # fmt: skip
+    environ = {"PATH": f"/usr/bin:{local.search_path({})}", "REPO": "/repo", "HOME": "/home/ann", "X": "1"}
+    jobs = local.fit_run(body, 2, environ)["jobs"]
+    assert jobs[0]["env"] == {"PATH": environ["PATH"], "REPO": "/repo"}
+    assert jobs[1]["env"] == {"PATH": "/b", "REPO": "/mine"}  # the job's own environment wins
+    assert jobs[2]["env"] == {"PATH": environ["PATH"], "HOME": "/home/ann"}  # D is the job's own export
+    assert "env" not in body["jobs"][0]  # the translated body is left as it is
+
+
+def test_a_variable_missing_from_the_submitting_shell_is_named_in_a_warning(caplog):
+    body = {"name": "r", "jobs": [{"name": "a", "command": "pipetask run-qbb ${NO_SUCH_REPO} g.qg"}]}
+    [job] = local.fit_run(body, 1, {"PATH": "/usr/bin"})["jobs"]
+    assert "NO_SUCH_REPO" not in job["env"]
+    assert "export NO_SUCH_REPO before bps submit" in caplog.text
+
+
+def test_the_local_path_ends_with_the_scripts_directory_of_this_python_when_it_lacks_it():
+    scripts = str(Path(sys.executable).parent)
+    assert local.search_path({"PATH": "/usr/bin:/bin"}).split(os.pathsep) == ["/usr/bin", "/bin", scripts]
+    assert local.search_path({"PATH": f"{scripts}:/usr/bin"}) == f"{scripts}:/usr/bin"
 
 
 @pytest.fixture
