@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from lsst.ctrl.bps import BaseWmsService, BpsConfig, WmsRunReport, WmsStates
+from lsst.ctrl.bps.bps_config import BPS_DEFAULTS
+from lsst.daf.butler import Config
 
 from pandaflow import config as pf_config
 from pandaflow.bps import local
@@ -68,6 +70,18 @@ class PandaflowService(BaseWmsService):
         super().__init__(config if config is not None else {})
         self._client: Client | None = None
         self._local = False
+
+    @property
+    def defaults(self) -> Config:
+        """pandaflow's defaults: above bps's own, below the submit yaml.
+
+        ``finalJob.requestCpus`` is at most the CPUs of the machine running bps: bps asks 16 and
+        the final job runs ``butler aggregate-graph -j 16``, sixteen processes of a few hundred MB
+        each, which on a small machine (a local run) takes several times longer than with a few
+        and may run out of memory. A site whose pilots have more cores sets it in its yaml.
+        """
+        bps_cpus = int(BPS_DEFAULTS.get("finalJob", {}).get("requestCpus") or 1)
+        return Config({"finalJob": {"requestCpus": min(bps_cpus, local.local_cores())}})
 
     # ---------------------------------------------------------------- finding the server
 

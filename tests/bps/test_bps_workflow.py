@@ -187,6 +187,18 @@ def test_the_local_path_ends_with_the_scripts_directory_of_this_python_when_it_l
     assert local.search_path({"PATH": f"{scripts}:/usr/bin"}) == f"{scripts}:/usr/bin"
 
 
+def test_the_final_job_asks_at_most_the_cpus_of_this_machine_unless_the_submit_yaml_says():
+    from lsst.ctrl.bps.bps_config import BPS_DEFAULTS
+
+    service = {"wmsServiceClass": "pandaflow.bps.PandaflowService"}
+    config = BpsConfig(service, defaults=BPS_DEFAULTS)
+    cpus = min(16, local.local_cores())
+    assert config["finalJob"]["requestCpus"] == cpus
+    assert f"aggregate-graph -j {cpus} " in " ".join(config["finalJob"]["command1"].split())
+    overridden = BpsConfig({**service, "finalJob": {"requestCpus": 32}}, defaults=BPS_DEFAULTS)
+    assert overridden["finalJob"]["requestCpus"] == 32
+
+
 @pytest.fixture
 def nowhere(tmp_path, monkeypatch):
     """No server configured and none running: an empty PANDAFLOW_HOME."""
