@@ -46,10 +46,13 @@ class LocalServerError(RuntimeError):
 
 @dataclass(frozen=True, slots=True)
 class LocalServer:
+    """The server under ``home``; ``managed`` when bps started it (then the local pilot is ours too)."""
+
     url: str
     token: str | None
     pilot_pid: int | None
     home: Path
+    managed: bool = True
 
 
 def _state_path(home: Path) -> Path:
@@ -183,6 +186,10 @@ def ensure_local(
 ) -> LocalServer:  # fmt: skip
     """Reuse the server under ``$PANDAFLOW_HOME`` if it answers, else start one; same for the pilot.
 
+    A server that someone started by hand (``pandaflow server``, found through ``server.json``
+    but not recorded in ``bps-local.json``) is used as it is: its pilots are its owner's
+    business, so none is started and the result is not ``managed``.
+
     Returns once the server answers. Safe to call from concurrent processes (file lock).
     """
     home = pf_config.home()
@@ -194,14 +201,17 @@ def ensure_local(
         found = running_server(home)
         if found is None:
             url, token, state["server_pid"] = _start_server(home, timeout)
+            managed = True
         else:
             url, token = found
-        pilot_pid = state.get("pilot_pid")
-        if with_pilot and (state.get("pilot_url") != url or not _alive(pilot_pid, "pandaflow.pilot")):
+            managed = (pf_config.server_info() or {}).get("pid") == state.get("server_pid")
+        pilot_pid = state.get("pilot_pid") if managed and with_pilot else None
+        pilot_gone = state.get("pilot_url") != url or not _alive(pilot_pid, "pandaflow.pilot")
+        if managed and with_pilot and pilot_gone:
             pilot_pid = _start_pilot(home, url, cores or local_cores(), idle_timeout)
             state.update(pilot_pid=pilot_pid, pilot_url=url)
         _state_path(home).write_text(json.dumps(state))
-    return LocalServer(url=url, token=token, pilot_pid=pilot_pid if with_pilot else None, home=home)
+    return LocalServer(url=url, token=token, pilot_pid=pilot_pid, home=home, managed=managed)
 
 
 _SHELL_VARIABLE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")

@@ -97,16 +97,20 @@ class PandaflowService(BaseWmsService):
         """A client of the configured or running server; with ``start``, start a local one if none."""
         if self._client is not None:
             return self._client
-        found = self._configured() or local.running_server()
+        found = self._configured()
         if found is None and start:
+            # Also when server.json names a server already: its pilot may have idled out, and
+            # a run on bps's own server is fitted to its pilot whether or not this call started it.
             cores = _config_value(self.config, "pandaflowLocalCores")
             idle = _config_value(self.config, "pandaflowLocalPilotIdle")
             server = local.ensure_local(
                 cores=int(cores) if cores else None,
                 idle_timeout=float(idle) if idle is not None else local.PILOT_IDLE_TIMEOUT,
             )
-            found, self._local = (server.url, server.token), True
+            found, self._local = (server.url, server.token), server.managed
             _LOG.info("using the local pandaflow server at %s (home %s)", server.url, server.home)
+        elif found is None:
+            found = local.running_server()
         if found is None:
             raise PandaflowBpsError(
                 "no pandaflow server known: set pandaflowServerUrl in the bps config or PANDAFLOW_SERVER, "
