@@ -28,7 +28,7 @@ from lsst.daf.butler import Config
 
 from pandaflow import config as pf_config
 from pandaflow.bps import local
-from pandaflow.bps.workflow import PandaflowWorkflow
+from pandaflow.bps.workflow import PandaflowWorkflow, final_job_problem
 from pandaflow.client import Client, ClientError
 from pandaflow.server.queries import BPS_RUN_STATES
 from pandaflow.server.states import EXTERNAL_NAMES
@@ -125,6 +125,9 @@ class PandaflowService(BaseWmsService):
         self, config: BpsConfig, generic_workflow, out_prefix: str | None = None
     ) -> PandaflowWorkflow:
         """Translate the generic workflow and write the submission body to the submit directory."""
+        problem = final_job_problem(generic_workflow)
+        if problem:
+            raise PandaflowBpsError(problem)
         service_class = f"{self.__class__.__module__}.{self.__class__.__name__}"
         workflow = PandaflowWorkflow.from_generic_workflow(
             config, generic_workflow, out_prefix, service_class

@@ -189,6 +189,37 @@ def _flatten(graph: GenericWorkflow, outer: list[str]) -> Iterator[tuple[Generic
             raise TranslationError(f"node {name!r}: {kind.name} nodes are not supported by pandaflow")
 
 
+def final_job_problem(gwf: GenericWorkflow) -> str | None:
+    """Why bps's final job could never end on this run's quantum graph, else None.
+
+    The default final job (lsst-ctrl-bps 30.2026.4300) runs ``butler aggregate-graph``, which
+    reads only the ``.qg`` format: on a ``.qgraph`` file (the old format, which bps keeps when
+    the user's ``qgraphFile`` has that extension) its workers fail while it waits for them, for
+    ever. Checked with the reader aggregate-graph uses, so a version that reads both passes.
+    """
+    final = gwf.get_final()
+    script = getattr(getattr(final, "executable", None), "src_uri", None)
+    try:
+        graph = gwf.get_file("runQgraphFile").src_uri
+        if not script or "aggregate-graph" not in Path(script).read_text(errors="replace"):
+            return None
+    except (KeyError, OSError):
+        return None
+    from lsst.pipe.base.pipeline_graph import TaskImportMode
+    from lsst.pipe.base.quantum_graph import PredictedQuantumGraph
+
+    try:
+        with PredictedQuantumGraph.open(graph, import_mode=TaskImportMode.DO_NOT_IMPORT):
+            return None
+    except Exception as exc:  # what aggregate-graph's workers would fail with
+        return (
+            f"the final job runs 'butler aggregate-graph', which cannot read the quantum graph {graph} "
+            f"({type(exc).__name__}: {exc}) and would then wait for ever; save the graph in the .qg "
+            "format (QuantumGraph.saveUri('name.qg'), pipetask qgraph --save-qgraph name.qg) and give "
+            "that as qgraphFile"
+        )
+
+
 def to_body(gwf: GenericWorkflow, owner: str | None = None) -> dict[str, Any]:
     """The ``POST /api/v1/workflows`` body of a generic workflow (jobs in topological order)."""
     jobs: list[dict[str, Any]] = []

@@ -252,3 +252,12 @@ def test_bps_cancel_stops_a_running_run_and_its_jobs_are_deleted(repo, home, tmp
     assert table["finalJob"]["SUCCEEDED"] == 0 and table["TOTAL"]["RUNNING"] == 0
     assert bps(env, "status", "--id", run_id).returncode == WmsStates.FAILED.value
 
+
+# ------------------------------------------------------------------------------------ refused
+
+
+def test_an_old_format_graph_is_refused_since_the_final_job_could_never_end(repo, home, tmp_path):
+    done = bps_submit(repo, home, tmp_path, "old", suffix=".qgraph")
+    assert done.returncode != 0
+    assert "cannot read the quantum graph" in done.stderr and "in the .qg format" in done.stderr, done.stderr
+    assert "Run Id" not in done.stdout
