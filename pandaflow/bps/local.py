@@ -25,6 +25,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections import Counter
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -230,7 +231,7 @@ def fit_run(body: dict[str, Any], cores: int, environ: Mapping[str, str]) -> dic
     """
     cores = max(1, int(cores))
     path = search_path(environ)
-    unset: dict[str, list[str]] = {}
+    unset: dict[str, Counter[str]] = {}
     jobs = []
     for job in body["jobs"]:
         env = {"PATH": path, **(job.get("env") or {})}
@@ -242,12 +243,12 @@ def fit_run(body: dict[str, Any], cores: int, environ: Mapping[str, str]) -> dic
             if name in environ:
                 env[name] = environ[name]
             else:
-                unset.setdefault(name, []).append(job["name"])
+                unset.setdefault(name, Counter())[job.get("task") or job["name"]] += 1
         jobs.append({**job, "cores": min(job.get("cores") or 1, cores), "env": env})
-    for name, names in unset.items():
+    for name, labels in unset.items():
         _LOG.warning(
-            "%d job(s) (%s%s) use ${%s}, which is not set in this shell: they will see the local "
-            "pilot's value, if any; export %s before bps submit, or set it under 'environment' in the "
-            "submit yaml", len(names), ", ".join(names[:3]), ", ..." if len(names) > 3 else "", name, name,
+            "jobs (%s) use ${%s}, which is not set in this shell: they will see the local pilot's "
+            "value, if any; export %s before bps submit, or set it under 'environment' in the submit yaml",
+            ", ".join(f"{n} of {label}" for label, n in labels.items()), name, name,
         )  # fmt: skip
     return {**body, "jobs": jobs}

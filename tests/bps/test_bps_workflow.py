@@ -175,9 +175,10 @@ def test_local_jobs_carry_the_submitting_shells_path_and_the_variables_they_name
 
 
 def test_a_variable_missing_from_the_submitting_shell_is_named_in_a_warning(caplog):
-    body = {"name": "r", "jobs": [{"name": "a", "command": "pipetask run-qbb ${NO_SUCH_REPO} g.qg"}]}
-    [job] = local.fit_run(body, 1, {"PATH": "/usr/bin"})["jobs"]
-    assert "NO_SUCH_REPO" not in job["env"]
+    job = {"name": "a", "task": "task0", "command": "pipetask run-qbb ${NO_SUCH_REPO} g.qg"}
+    jobs = local.fit_run({"name": "r", "jobs": [job, {**job, "name": "b"}]}, 1, {"PATH": "/usr/bin"})["jobs"]
+    assert "NO_SUCH_REPO" not in jobs[0]["env"]
+    assert "jobs (2 of task0) use ${NO_SUCH_REPO}" in caplog.text
     assert "export NO_SUCH_REPO before bps submit" in caplog.text
 
 
