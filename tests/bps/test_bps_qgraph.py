@@ -12,8 +12,9 @@ plugin starts the local server and pilot under a temporary PANDAFLOW_HOME; every
 module shares them (later submissions reuse them, as from a user's shell), and they are stopped
 at the end.
 
-The submit yaml names the repository as ``${PF_TEST_REPO}``: bps turns it into ``<ENV:...>`` in
-the jobs' command lines, which the pilot's shell expands.
+The runs use the shipped ``configs/bps/qgraph-local.yaml``, which names the repository and the
+graph as ``${REPO}`` and ``${QGRAPH}``: bps expands the graph's path at submission and turns the
+repository into ``<ENV:REPO>`` in the jobs' command lines, which the pilot's shell expands.
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ from pandaflow.bps import PandaflowService  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
 
+SUBMIT_YAML = Path(__file__).resolve().parents[2] / "configs" / "bps" / "qgraph-local.yaml"
 DETECTORS = (0, 1, 2)
 TASKS = 3
 INPUTS = "inputs"  # the RUN collection holding add_dataset0
@@ -118,23 +120,24 @@ def home(tmp_path_factory):
 def bps_submit(
     repo: Path, home: Path, workdir: Path, payload: str, extra_yaml: str = "", suffix: str = ".qg"
 ) -> subprocess.CompletedProcess:
-    """``bps submit`` of a fresh quantum graph of ``repo`` (the submit yaml is in ``workdir``)."""
+    """``bps submit`` of a fresh quantum graph of ``repo``: the shipped submit yaml, included by one
+    in ``workdir`` that names the payload (hence the output collection) and the submit directory."""
     workdir.mkdir(parents=True, exist_ok=True)
     config = workdir / "submit.yaml"
     config.write_text(
         textwrap.dedent(f"""\
-            wmsServiceClass: pandaflow.bps.PandaflowService
+            includeConfigs:
+              - {SUBMIT_YAML}
             operator: {OPERATOR}
-            qgraphFile: {make_qgraph(repo, payload, suffix)}
             submitPath: {workdir}/submit/{{outputRun}}
             pandaflowLocalPilotIdle: 300
             payload:
               payloadName: {payload}
-              butlerConfig: ${{PF_TEST_REPO}}
             """)
         + textwrap.dedent(extra_yaml)
     )
-    return bps(bps_env(home, PF_TEST_REPO=str(repo)), "submit", str(config), cwd=workdir)
+    env = bps_env(home, REPO=str(repo), QGRAPH=str(make_qgraph(repo, payload, suffix)))
+    return bps(env, "submit", str(config), cwd=workdir)
 
 
 def submit(repo: Path, home: Path, workdir: Path, payload: str, extra_yaml: str = "") -> str:
