@@ -5,7 +5,8 @@ graph's edges as ``parents``. No-op jobs (bps job ordering) are not submitted: t
 wait for their parents instead. Job groups are flattened: a group's first jobs wait for the
 group's parents and the group's children wait for its last jobs. ``pipetaskInit`` is a parent
 of every job that has no other parent, and the final job (``finalJob``) waits for every job
-without children, so it runs last.
+without children, so it runs last; with ``finalJob.whenRun: ALWAYS`` (bps's default) it runs
+once they all ended, whatever the outcome (a pandaflow ``always`` job).
 
 Command lines are resolved the way the other plugins do: the executable and the arguments,
 then ``{name}`` placeholders filled from the job's ``cmdvals``, then ``<ENV:NAME>`` turned into
@@ -233,16 +234,22 @@ def to_body(gwf: GenericWorkflow, owner: str | None = None) -> dict[str, Any]:
             fields["parents"] = parents
             has_child.update(parents)
         jobs.append(fields)
+    # bps keeps a final job outside the graph only for finalJob.whenRun ALWAYS (with SUCCESS it is
+    # an ordinary sink of the graph): it runs once every job has ended, whatever the outcome, so
+    # whatever was produced reaches the butler even when some quanta failed.
     final = gwf.get_final()
     if final is not None:
         leaves = [j["name"] for j in jobs if j["name"] not in has_child]
         if isinstance(final, GenericWorkflow):
             for job, parents in _flatten(final, leaves):
-                jobs.append(
-                    {**job_fields(job, final), "parents": parents} if parents else job_fields(job, final)
-                )
+                fields = job_fields(job, final)
+                if parents:
+                    fields["parents"] = parents
+                if set(parents) <= set(leaves):  # the group's first jobs: after everything else
+                    fields["always"] = True
+                jobs.append(fields)
         else:
-            jobs.append({**job_fields(final, gwf), **({"parents": leaves} if leaves else {})})
+            jobs.append({**job_fields(final, gwf), "always": True, **({"parents": leaves} if leaves else {})})
     body: dict[str, Any] = {"name": gwf.name, "jobs": jobs}
     if owner:
         body["owner"] = owner

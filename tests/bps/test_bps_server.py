@@ -131,14 +131,18 @@ def test_a_failed_label_prunes_downstream_reports_exit_codes_and_restart_complet
     assert report.job_summary["label1"][WmsStates.SUCCEEDED] == 6
     assert report.job_summary["label2"][WmsStates.FAILED] == 6
     assert report.job_summary["label3"][WmsStates.PRUNED] == 6
-    assert report.job_summary["finalJob"][WmsStates.PRUNED] == 1
+    # finalJob (whenRun: ALWAYS) runs after the failures, as it would on HTCondor
+    assert report.job_summary["finalJob"][WmsStates.SUCCEEDED] == 1
+    assert (tmp_path / "order.log").read_text().split()[-1] == "finalJob"
     assert report.exit_code_summary["label2"] == [1] * 6
 
     flag.touch()
     new_id, name, message = PandaflowService({}).restart(run_id)
     assert (new_id, name, message) == (run_id, "with-failures", "")
-    # the retried label2 succeeds and what it had pruned (label3, finalJob) runs after it
+    # the retried label2 succeeds, what it had pruned (label3) runs after it, then finalJob again
     assert _wait_state(run_id, {WmsStates.SUCCEEDED}) == WmsStates.SUCCEEDED
+    order = (tmp_path / "order.log").read_text().split()
+    assert order[-1] == "finalJob" and order.count("finalJob") == 2 and order.count("label3") == 6
     [report], _ = PandaflowService({}).report(run_id)
     assert {label: c[WmsStates.SUCCEEDED] for label, c in report.job_summary.items()} == {
         "pipetaskInit": 1, "label1": 6, "label2": 6, "label3": 6, "finalJob": 1,

@@ -46,6 +46,11 @@ def test_three_labels_become_tasks_with_pipetask_init_first_and_final_job_last()
     ]
 
 
+def test_the_final_job_runs_whatever_the_outcome_and_no_other_job_does():
+    jobs = to_body(gw_test_utils.make_3_label_workflow("run1", True))["jobs"]
+    assert [j["name"] for j in jobs if j.get("always")] == ["finalJob"]
+
+
 def test_edges_of_the_generic_graph_become_parents():
     jobs = _by_name(to_body(gw_test_utils.make_3_label_workflow("run1", False)))
     assert jobs["label1_301_10"]["parents"] == ["pipetaskInit"]
