@@ -21,5 +21,4 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.drop_column("always")
+    op.drop_column("jobs", "always")  # plain DROP COLUMN (SQLite >= 3.35), no table copy
