@@ -13,6 +13,9 @@ Supply, without counting anything twice:
 * a live worker whose pilot has not registered yet (waiting in a batch queue, or starting)
   offers all of ``cores``: it will soon ask for work;
 * a live worker whose pilot already left (exited, lost) offers nothing: it is on its way out.
+
+On push queues the jobs reserved for a worker (:mod:`pandaflow.server.push`) are neither demand
+(they are no longer ready) nor supply: a worker's slots count minus the cores reserved for it.
 """
 
 from __future__ import annotations
@@ -22,6 +25,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, case, func, select
 
 from pandaflow.harvester import workers as w
+from pandaflow.server import push
 from pandaflow.server import schema as s
 from pandaflow.server.pilots import ACTIVE
 from pandaflow.server.states import ACTIVE_STATES, READY
@@ -55,6 +59,7 @@ class Snapshot:
     unfit_jobs: int = 0  # ready jobs larger than the queue's pilots
     pilots: dict[int, PilotView] = field(default_factory=dict)  # active pilots by id
     workers: list[w.Worker] = field(default_factory=list)  # live workers (every harvester's)
+    reserved: dict[int, tuple[int, int]] = field(default_factory=dict)  # worker -> (jobs, cores) reserved
 
     def serving(self, worker: w.Worker) -> bool:
         """The worker's pilot is registered and active."""
@@ -64,11 +69,21 @@ class Snapshot:
         """The worker has no pilot yet (queued in the batch system, or starting up)."""
         return worker.pilot_id is None
 
+    def reserved_cores(self, worker: w.Worker) -> int:
+        """Cores of the jobs reserved for the worker that its pilot has not taken yet."""
+        return self.reserved.get(worker.id, (0, 0))[1]
+
+    @property
+    def reserved_jobs(self) -> int:
+        return sum(n for n, _cores in self.reserved.values())
+
     @property
     def idle_slots(self) -> int:
-        """Slots that can take a job now or soon: free slots of pilots, slots of pending workers."""
-        return sum(p.idle_slots for p in self.pilots.values()) + sum(
-            wk.cores for wk in self.workers if self.pending(wk)
+        """Slots that can take a job now or soon: free slots of pilots, slots of pending workers,
+        less what is reserved for them."""
+        promised = {wk.pilot_id: self.reserved_cores(wk) for wk in self.workers if wk.pilot_id is not None}
+        return sum(max(0, p.idle_slots - promised.get(p.id, 0)) for p in self.pilots.values()) + sum(
+            max(0, wk.cores - self.reserved_cores(wk)) for wk in self.workers if self.pending(wk)
         )
 
     @property
@@ -116,4 +131,5 @@ def snapshot(conn: Connection, queue: str, worker_cores: int, worker_memory_mb: 
         for pid, cores, ended, registered in pilots
     }
     snap.workers = w.live(conn, queue=queue)
+    snap.reserved = push.reserved_cores(conn, queue)
     return snap

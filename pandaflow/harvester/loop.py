@@ -10,7 +10,8 @@ database while a provider works):
 2. **count** demand and supply (:mod:`pandaflow.harvester.accounting`);
 3. **decide** (:mod:`pandaflow.harvester.policy`), then **cancel** and **submit** through the
    provider. Each submission is a row first (its id is the pilot's ``--worker-id``), then
-   ``provider.submit(command, tasks_per_node=1, job_name=...)``;
+   ``provider.submit(command, tasks_per_node=1, job_name=...)``; on a push queue the row's
+   transaction also reserves the ready jobs the worker will run (:mod:`pandaflow.server.push`);
 4. **record** what it saw and did in ``harvester_queues`` (shown by ``pandaflow workers``).
 
 A provider that raises never stops the loop: the error is logged, kept in :attr:`Harvester.errors`
@@ -39,6 +40,7 @@ from pandaflow import providers
 from pandaflow.harvester import accounting, policy
 from pandaflow.harvester import workers as w
 from pandaflow.server import pilots as pilot_registry
+from pandaflow.server import push
 from pandaflow.server import schema as s
 from pandaflow.server.queues import Queue, QueueConfigError, parse_queues
 
@@ -76,11 +78,13 @@ class QueueReport:
     ready_jobs: int = 0
     ready_cores: int = 0
     unfit_jobs: int = 0
+    reserved_jobs: int = 0  # push queues: jobs waiting for the worker they are reserved for
     idle_slots: int = 0
     queued_workers: int = 0
     running_workers: int = 0
     submitted: list[int] = field(default_factory=list)
     cancelled: list[int] = field(default_factory=list)
+    reserved_now: int = 0  # jobs reserved for the workers submitted this cycle
     action: str = ""
     errors: list[str] = field(default_factory=list)
 
@@ -208,6 +212,7 @@ class Harvester:
             snap.unfit_jobs,
         )
         report.idle_slots = snap.idle_slots
+        report.reserved_jobs = snap.reserved_jobs
         if decision.submit and not queue.online:
             decision.submit = 0
             decision.reasons.append(f"queue is {queue.status}: no new workers")
@@ -365,6 +370,7 @@ class Harvester:
         name = queue.setting("provider")["name"]
         for _ in range(n):
             now = time.time()
+            reserved: list[int] = []
             with self.engine.begin() as conn:
                 worker_id = w.create(
                     conn,
@@ -375,6 +381,17 @@ class Harvester:
                     memory_mb=limits.worker_memory_mb,
                     now=now,
                 )
+                if queue.mode == "push":
+                    # Same transaction as the row: a worker never exists without its jobs, and a
+                    # failed submission below releases them with the worker (workers.move).
+                    reserved = push.reserve(
+                        conn,
+                        worker_id=worker_id,
+                        queue=queue.name,
+                        cores=limits.worker_cores,
+                        memory_mb=limits.worker_memory_mb,
+                        now=now,
+                    )
             command = self.pilot_command(queue, limits, worker_id)
             try:
                 job_id = provider.submit(
@@ -399,6 +416,7 @@ class Harvester:
                 )
             self._backoff.pop(queue.name, None)
             submitted.append(worker_id)
+            report.reserved_now += len(reserved)
         if submitted:
             log.info("harvester: queue %s: submitted workers %s", queue.name, submitted)
         return submitted
@@ -450,7 +468,8 @@ class Harvester:
 def _action_text(report: QueueReport) -> str:
     done = []
     if report.submitted:
-        done.append(f"submitted {len(report.submitted)}")
+        reserved = f" with {report.reserved_now} jobs reserved" if report.reserved_now else ""
+        done.append(f"submitted {len(report.submitted)}{reserved}")
     if report.cancelled:
         done.append(f"cancelled {len(report.cancelled)}")
     return (", ".join(done) + ": " if done else "") + report.action

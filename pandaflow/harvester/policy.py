@@ -9,7 +9,8 @@ on its own:
 * **scale in** only while the queue has no ready work, down to ``min_workers``: first workers
   whose pilot never came up, once the queue has been without work for ``worker_idle_s`` (newest
   first: the oldest keep their place in a batch queue), then workers whose pilot has been idle
-  that long (longest idle first). A harvester cancels only its own workers.
+  that long (longest idle first). A harvester cancels only its own workers, and never one that
+  still has jobs reserved for it (push queues): those jobs are waiting for that very worker.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def decide(
     excess = live - limits.min_workers
     if excess <= 0:
         return decision
-    own = [wk for wk in snap.workers if wk.harvester == harvester]
+    own = [wk for wk in snap.workers if wk.harvester == harvester and not snap.reserved_cores(wk)]
     if quiet_s >= limits.worker_idle_s:
         pending = sorted((wk for wk in own if snap.pending(wk)), key=lambda wk: -wk.submitted_at)
         for wk in pending[:excess]:

@@ -16,7 +16,9 @@
 
 A pilot that registers late revives a ``missing`` worker (``pandaflow.server.pilots``). Every
 state change here is conditional on the state it leaves, so the harvester and the dispatcher
-(which links pilots to workers) cannot undo each other's writes.
+(which links pilots to workers) cannot undo each other's writes. A worker that ends gives the
+jobs still reserved for it (push queues, :mod:`pandaflow.server.push`) back to its queue, in the
+same transaction.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 
+from pandaflow.server import push
 from pandaflow.server import schema as s
 
 SUBMITTED = "submitted"
@@ -132,7 +135,11 @@ def move(
     if to == MISSING:
         where.append(_W.pilot_id.is_(None))  # a pilot registered meanwhile: not missing after all
     result = conn.execute(update(s.workers).where(*where).values(values))
-    return result.rowcount > 0
+    moved = result.rowcount > 0
+    if moved and to not in LIVE_STATES:
+        # Its pilot will not take them any more: the jobs go to another worker.
+        push.release(conn, [worker_id], now)
+    return moved
 
 
 def note(conn: Connection, worker_id: int, now: float, *, batch_state: str) -> None:

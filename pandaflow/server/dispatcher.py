@@ -4,7 +4,8 @@ One thread owns a ROUTER socket. Each turn of its loop drains every message wait
 them all in one database transaction (submissions first, then results, heartbeats and job
 requests), commits, and only then replies: an acknowledged submission or result is durable.
 Pilot job requests that cannot be filled stay standing and are served as soon as work
-arrives, which keeps dispatch latency at one loop turn.
+arrives, which keeps dispatch latency at one loop turn. On push queues a pilot's request is
+served first from the jobs reserved for its harvester worker (:mod:`pandaflow.server.push`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import zmq
 from sqlalchemy import Engine, select
 
 from pandaflow import protocol
-from pandaflow.server import assignment, completion, pilots, submission, watchdog
+from pandaflow.server import assignment, completion, pilots, push, submission, watchdog
 from pandaflow.server import schema as s
 from pandaflow.server.broker import Broker
 from pandaflow.server.states import ACTIVE_STATES
@@ -94,6 +95,7 @@ class Dispatcher:
         self.waiting: dict[bytes, Standing] = {}
         self.pilot_of: dict[bytes, tuple[int, str]] = {}
         self.maybe_ready: set[str] = set(broker.queues)
+        self.push_queues = {q.name for q in broker.queues.values() if q.mode == "push"}
         self.book = submission.WorkflowBook()
         self._next_sweep = time.time() + self.heartbeat_interval
         self.stats = defaultdict(int)
@@ -371,6 +373,9 @@ class Dispatcher:
             self.waiting.pop(identity, None)
             return
         self.waiting[identity] = Standing(pilot[0], pilot[1], n, want.get("cores"), want.get("memory_mb"))
+        if pilot[1] in self.push_queues:
+            # Jobs may be reserved for its worker (by a harvester, unseen here): look this turn.
+            self.maybe_ready.add(pilot[1])
 
     def _op_heartbeat(self, conn, identity, msg, now, outbox, notify, beats) -> None:
         pilot = self._pilot(conn, identity, outbox)
@@ -462,16 +467,18 @@ class Dispatcher:
         for identity, want in list(self.waiting.items()):
             if want.queue not in self.maybe_ready:
                 continue
-            jobs = assignment.assign(
-                conn,
-                pilot_id=want.pilot_id,
-                queue=want.queue,
-                n=want.n,
-                cores=want.cores,
-                memory_mb=want.memory_mb,
-                now=now,
-                payload_cache=self.payloads,
-            )
+            jobs = self._reserved(conn, want, now)
+            if len(jobs) < want.n:
+                jobs += assignment.assign(
+                    conn,
+                    pilot_id=want.pilot_id,
+                    queue=want.queue,
+                    n=want.n - len(jobs),
+                    cores=want.cores,
+                    memory_mb=want.memory_mb,
+                    now=now,
+                    payload_cache=self.payloads,
+                )
             if len(jobs) < want.n:
                 self.maybe_ready.discard(want.queue)
             if jobs:
@@ -480,3 +487,9 @@ class Dispatcher:
                 want.n -= len(jobs)
             if want.n <= 0:
                 del self.waiting[identity]
+
+    def _reserved(self, conn, want: Standing, now: float) -> list[dict[str, Any]]:
+        """Push queues: the jobs reserved for the pilot's worker go first (pull queues: none)."""
+        if want.queue not in self.push_queues:
+            return []
+        return push.take(conn, pilot_id=want.pilot_id, n=want.n, now=now, payload_cache=self.payloads)

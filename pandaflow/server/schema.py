@@ -42,6 +42,8 @@ workflows = Table(
     Column("client", String(64), nullable=True, index=True),  # executor that submitted it
     Column("created_at", Float, nullable=False),
     Column("updated_at", Float, nullable=False),
+    # Multi-site brokerage (migration 0006): JSON {site: share}, shares summing to 1; None: any site.
+    Column("sites", Text, nullable=True),
 )
 
 tasks = Table(
@@ -97,8 +99,19 @@ jobs = Table(
     # Runs once every input has ended, whatever the outcome: an input that can never exist is
     # skipped rather than pruning the job (bps finalJob with whenRun: ALWAYS; migration 0005).
     Column("always", Boolean, nullable=False, default=False, server_default=false()),
+    # Push queues (migration 0006): the harvester worker the job is reserved for (status
+    # 'reserved'), kept once its pilot took it; cleared when the reservation is released.
+    Column("worker_id", Integer, nullable=True),
     # Dispatch walks this index in order (priority DESC, FIFO) and stops at LIMIT.
     Index("ix_jobs_dispatch", "status", "queue", text("priority DESC"), "id"),
+    # Partial: only pushed jobs are in it, so ingest of ordinary jobs never touches it.
+    Index(
+        "ix_jobs_worker",
+        "worker_id",
+        "status",
+        sqlite_where=text("worker_id IS NOT NULL"),
+        postgresql_where=text("worker_id IS NOT NULL"),
+    ),
     Index("ix_jobs_pilot", "pilot_id", "status"),
     Index("ix_jobs_workflow", "workflow_id", "status"),
     Index("ix_jobs_task", "task_id", "status"),

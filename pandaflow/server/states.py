@@ -13,6 +13,7 @@ from typing import Any
 
 PENDING = "pending"
 READY = "ready"
+RESERVED = "reserved"
 DISPATCHED = "dispatched"
 RUNNING = "running"
 FINISHED = "finished"
@@ -21,7 +22,7 @@ CANCELLED = "cancelled"
 PRUNED = "pruned"
 HELD = "held"
 
-ALL_STATES = (PENDING, READY, DISPATCHED, RUNNING, FINISHED, FAILED, CANCELLED, PRUNED, HELD)
+ALL_STATES = (PENDING, READY, RESERVED, DISPATCHED, RUNNING, FINISHED, FAILED, CANCELLED, PRUNED, HELD)
 FINAL_STATES = frozenset({FINISHED, FAILED, CANCELLED, PRUNED})
 ACTIVE_STATES = frozenset({DISPATCHED, RUNNING})  # a pilot holds the job
 
@@ -29,6 +30,9 @@ ACTIVE_STATES = frozenset({DISPATCHED, RUNNING})  # a pilot holds the job
 EXTERNAL_NAMES: dict[str, tuple[str, str]] = {
     PENDING: ("defined", "UNREADY"),
     READY: ("activated", "READY"),
+    # Push queues: held for the harvester worker submitted for it (PanDA: picked up by Harvester,
+    # the worker is on its way); for BPS it waits in a batch queue, like a dispatched job.
+    RESERVED: ("starting", "PENDING"),
     DISPATCHED: ("sent", "PENDING"),
     RUNNING: ("running", "RUNNING"),
     FINISHED: ("finished", "SUCCEEDED"),
@@ -53,6 +57,16 @@ Handler = Callable[[dict[str, Any], float, dict[str, Any]], Values]
 
 def _release(job: dict, now: float, ctx: dict) -> Values:
     return {"status": READY, "updated_at": now}
+
+
+def _reserve(job: dict, now: float, ctx: dict) -> Values:
+    """Push queues: the job waits for one harvester worker's pilot and no other."""
+    return {"status": RESERVED, "worker_id": ctx["worker_id"], "updated_at": now}
+
+
+def _unreserve(job: dict, now: float, ctx: dict) -> Values:
+    """The worker ended (or never came) without taking the job: any pilot may have it again."""
+    return {"status": READY, "worker_id": None, "updated_at": now}
 
 
 def _dispatch(job: dict, now: float, ctx: dict) -> Values:
@@ -95,6 +109,7 @@ def _retry(job: dict, now: float, ctx: dict) -> Values:
     with a larger memory request (the attempt itself is kept in the attempts table)."""
     values = _end(READY)(job, now, ctx)
     values["pilot_id"] = None
+    values["worker_id"] = None  # a push queue reserves the next attempt afresh
     values["queue"] = ctx.get("queue", job.get("queue"))
     values["memory_mb"] = ctx.get("memory_mb", job.get("memory_mb"))
     values["started_at"] = values["ended_at"] = None  # the job waits; its next attempt has not begun
@@ -135,6 +150,7 @@ def _resubmit(status: str) -> Handler:
             "error_diag": "",
             "exit_code": None,
             "pilot_id": None,
+            "worker_id": None,
             "ended_at": None,
             "updated_at": now,
         }
@@ -152,6 +168,10 @@ TRANSITIONS: dict[tuple[str, str], Handler] = {
     (PENDING, READY): _release,
     (HELD, READY): _release,
     (READY, DISPATCHED): _dispatch,
+    (READY, RESERVED): _reserve,
+    (RESERVED, DISPATCHED): _dispatch,
+    (RESERVED, READY): _unreserve,
+    (RESERVED, CANCELLED): _cancel,
     (DISPATCHED, RUNNING): _start,
     (DISPATCHED, FINISHED): _end(FINISHED),
     (RUNNING, FINISHED): _end(FINISHED),
