@@ -134,3 +134,20 @@ def test_a_submission_slurm_refuses_fails_its_worker_and_shows_on_the_queue(tmp_
         assert "slurm" in server.harvester.errors
     finally:
         server.stop()
+
+
+def test_on_a_push_queue_the_slurm_pilot_runs_the_job_reserved_for_its_worker(tmp_path, process_tag):
+    server = start_server(tmp_path, mode="push")
+    try:
+        Client(server.url, TOKEN).submit(
+            "slurm-push", [{"command": "echo pushed in $SLURM_JOB_ID", "queue": "slurm"}]
+        )
+        (job,) = wait_until(
+            lambda: [j for j in rows(server, s.jobs) if j["status"] == "finished"], 90, "the job to finish"
+        )
+        (worker,) = rows(server, s.workers)
+        assert job["worker_id"] == worker["id"] and job["pilot_id"] == worker["pilot_id"] is not None
+        assert job["stdout_tail"].strip() == f"pushed in {worker['provider_job_id']}"
+        wait_until(lambda: rows(server, s.workers)[0]["state"] == "cancelled", 60, "scale-in")
+    finally:
+        server.stop()
