@@ -317,17 +317,24 @@ def _mb(value: float | None) -> str:
 # ---------------------------------------------------------------- status, workflows, jobs
 
 
-def _queues_text(queues: list[dict[str, Any]]) -> str:
+def _queues_text(queues: list[dict[str, Any]], harvesters: bool = False) -> str:
     rows = [
         [q["name"], q.get("status"), q.get("mode"), q.get("site"),
          f"{q.get('min_memory_mb', 0)}-{q.get('max_memory_mb', '?')}", q.get("cores"),
          tables.duration(q.get("max_walltime_s")) if q.get("max_walltime_s") else "unlimited",
-         q["ready_jobs"], q["dispatched_jobs"], q["running_jobs"], q["active_pilots"]]
+         q["ready_jobs"], q.get("reserved_jobs", 0), q["dispatched_jobs"], q["running_jobs"],
+         q["active_pilots"]]
         for q in queues
     ]  # fmt: skip
-    headers = ["QUEUE", "STATUS", "MODE", "SITE", "MEMORY MB", "CORES", "WALLTIME", "READY", "DISPATCHED",
-               "RUNNING", "PILOTS"]  # fmt: skip
-    return tables.table(rows, headers) if rows else "no queues"
+    headers = ["QUEUE", "STATUS", "MODE", "SITE", "MEMORY MB", "CORES", "WALLTIME", "READY", "RESERVED",
+               "DISPATCHED", "RUNNING", "PILOTS"]  # fmt: skip
+    if not rows:
+        return "no queues"
+    text = tables.table(rows, headers)
+    status = [h for q in queues for h in q.get("harvesters") or ()]
+    if harvesters and status:
+        text += "\n\n" + _harvesters_text(status)
+    return text
 
 
 def _summary_text(data: dict[str, Any]) -> str:
@@ -395,6 +402,9 @@ def _plan_text(plan: dict[str, Any]) -> str:
     if plan.get("clustered"):
         merged = ", ".join(f"{n} in {label}" for label, n in plan["clustered"].items())
         parts.append(f"clustered: the file's jobs run as one payload per cluster ({merged})")
+    if plan.get("sites"):
+        shares = ", ".join(f"{site} {share:g}" for site, share in plan["sites"].items())
+        parts.append(f"sites (shares): {shares}")
     return "\n\n".join([*parts, "nothing was submitted (--dry-run)"])
 
 
@@ -442,9 +452,10 @@ def submit(dag_file: str, dry_run: bool, owner: str | None) -> None:
     body = dag.body
     sent = _remote(
         lambda c: c.submit(
-            body["name"], body["jobs"], owner=_owner(owner or dag.owner), available=dag.available
+            body["name"], body["jobs"], owner=_owner(owner or dag.owner), available=dag.available,
+            sites=dag.sites, site=dag.site,
         )
-    )
+    )  # fmt: skip
     wid = sent["workflow_id"]
     n_roots = len(dag.roots())
 
@@ -457,6 +468,8 @@ def submit(dag_file: str, dry_run: bool, owner: str | None) -> None:
             lines.append(
                 f"{len(data['duplicates'])} job(s) had been submitted before and were kept as they were"
             )
+        if data.get("sites"):
+            lines.append("jobs per site: " + ", ".join(f"{site} {n}" for site, n in data["sites"].items()))
         lines.append(f"follow it with:  pandaflow report {wid}")
         lines.append(f"                 pandaflow jobs --workflow {wid}")
         lines.append(f"cancel it with:  pandaflow cancel --workflow {wid}")
@@ -679,8 +692,8 @@ def pilots(status: str | None, queue: str | None, limit: int, offset: int) -> No
 @main.command()
 @_output
 def queues() -> None:
-    """List queues with their limits and live job and pilot counts."""
-    _emit(_read("list_queues"), lambda data: _queues_text(data["queues"]))
+    """List queues with their limits, live job and pilot counts, and each harvester's last cycle."""
+    _emit(_read("list_queues"), lambda data: _queues_text(data["queues"], harvesters=True))
 
 
 def _errors_text(data: dict[str, Any]) -> str:
@@ -729,12 +742,12 @@ def _report_text(reports: dict[str, Any]) -> str:
     if not reports:
         return "no queue has a provider"
     rows = [
-        [r.queue, r.ready_jobs, r.unfit_jobs, r.idle_slots, r.queued_workers, r.running_workers,
-         len(r.submitted), len(r.cancelled), r.action, "; ".join(r.errors)]
+        [r.queue, r.ready_jobs, r.unfit_jobs, r.reserved_jobs, r.idle_slots, r.queued_workers,
+         r.running_workers, len(r.submitted), len(r.cancelled), r.action, "; ".join(r.errors)]
         for r in reports.values()
     ]  # fmt: skip
-    headers = ["QUEUE", "READY", "UNFIT", "FREE SLOTS", "QUEUED", "RUNNING", "SUBMITTED", "CANCELLED",
-               "ACTION", "ERROR"]  # fmt: skip
+    headers = ["QUEUE", "READY", "UNFIT", "RESERVED", "FREE SLOTS", "QUEUED", "RUNNING", "SUBMITTED",
+               "CANCELLED", "ACTION", "ERROR"]  # fmt: skip
     return tables.table(rows, headers, max_width={"ACTION": 60, "ERROR": 60})
 
 
@@ -810,17 +823,22 @@ def harvester(db_url, server_url, zmq_endpoint, token_file, workdir, name, inter
         engine.dispose()
 
 
+def _harvesters_text(status: list[dict[str, Any]]) -> str:
+    """Each harvester's last cycle on each queue: demand, supply, what it did and what failed."""
+    rows = [
+        [q["queue"], q["harvester"], tables.when(q["cycle_at"]), q["ready_jobs"], q["unfit_jobs"],
+         q["idle_slots"], q["queued_workers"], q["running_workers"], q["action"], q["error"]]
+        for q in status
+    ]  # fmt: skip
+    headers = ["QUEUE", "HARVESTER", "LAST CYCLE", "READY", "UNFIT", "FREE SLOTS", "QUEUED", "RUNNING",
+               "ACTION", "ERROR"]  # fmt: skip
+    return tables.table(rows, headers, max_width={"ACTION": 50, "ERROR": 60})
+
+
 def _workers_text(data: dict[str, Any]) -> str:
     parts = []
     if data["queues"]:
-        rows = [
-            [q["queue"], q["harvester"], tables.when(q["cycle_at"]), q["ready_jobs"], q["unfit_jobs"],
-             q["idle_slots"], q["queued_workers"], q["running_workers"], q["action"], q["error"]]
-            for q in data["queues"]
-        ]  # fmt: skip
-        headers = ["QUEUE", "HARVESTER", "LAST CYCLE", "READY", "UNFIT", "FREE SLOTS", "QUEUED", "RUNNING",
-                   "ACTION", "ERROR"]  # fmt: skip
-        parts.append(tables.table(rows, headers, max_width={"ACTION": 50, "ERROR": 60}))
+        parts.append(_harvesters_text(data["queues"]))
     rows = [
         [x["id"], x["queue"], x["state"], x["batch_state"], x["provider"], x["provider_job_id"],
          x["cores"], x["pilot"], tables.when(x["submitted_at"]), tables.duration(x["age_s"]), x["error"]]
@@ -834,7 +852,7 @@ def _workers_text(data: dict[str, Any]) -> str:
 
 
 @main.command()
-@click.option("--db", "db_url", default=None, help="The server's database (default: the local server's).")
+@click.option("--db", "db_url", default=None, help="Read this database directly instead of asking a server.")
 @click.option("--queue", help="Only workers of this queue.")
 @click.option(
     "--state", "states", multiple=True,
@@ -846,18 +864,10 @@ def _workers_text(data: dict[str, Any]) -> str:
 @_output
 def workers(db_url, queue, states, limit, offset) -> None:
     """List the pilot workers harvesters submitted, newest first, and each queue's harvester status."""
-    from pandaflow.harvester.workers import list_workers
-
+    if db_url:
+        _settings().db_url = db_url
     wanted = [s.strip() for item in states for s in item.split(",") if s.strip()] or None
-    engine = _open_database(_harvest_db(db_url))
-    try:
-        with engine.connect() as conn:
-            data = list_workers(conn, queue=queue, state=wanted, limit=limit, offset=offset)
-    except ValueError as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        engine.dispose()
-    _emit(data, _workers_text)
+    _emit(_read("list_workers", queue=queue, state=wanted, limit=limit, offset=offset), _workers_text)
 
 
 if __name__ == "__main__":

@@ -128,17 +128,26 @@ class Client:
         jobs: list[dict[str, Any]],
         owner: str | None = None,
         available: Sequence[str] | None = None,
+        sites: dict[str, float] | None = None,
+        site: str | None = None,
     ) -> dict[str, Any]:
-        """Submit a workflow (all jobs or none); returns ``{"workflow_id", "job_ids", "duplicates"}``.
+        """Submit a workflow (all jobs or none); returns ``{"workflow_id", "job_ids", "duplicates"}``
+        (and ``"sites"``, jobs per site, with ``sites`` or ``site``).
 
         Jobs may carry ``inputs``/``outputs``/``parents``; ``available`` names data products that
-        exist already (see :mod:`pandaflow.dagfile` for the whole DAG file format).
+        exist already (see :mod:`pandaflow.dagfile` for the whole DAG file format). ``sites``
+        spreads the jobs over sites by share (``{"FrDF": 0.5, "USDF": 0.5}``), ``site`` pins them
+        to one (see :mod:`pandaflow.server.sites`).
         """
         body: dict[str, Any] = {"name": name, "jobs": jobs}
         if owner is not None:
             body["owner"] = owner
         if available:
             body["available"] = list(available)
+        if sites is not None:
+            body["sites"] = sites
+        if site is not None:
+            body["site"] = site
         return self._json("POST", "/workflows", body=body)
 
     def list_workflows(self, limit: int = 100, offset: int = 0) -> dict[str, Any]:
@@ -234,5 +243,18 @@ class Client:
         )
 
     def list_queues(self) -> dict[str, Any]:
-        """Queues with live job and pilot counts."""
+        """Queues with live job and pilot counts and each harvester's last cycle on them."""
         return self._json("GET", "/queues")
+
+    def list_workers(
+        self,
+        queue: str | None = None,
+        state: str | Sequence[str] | None = None,
+        limit: int = 100,
+        offset: int = 0,
+    ) -> dict[str, Any]:
+        """A page of harvester workers, newest first, and the queues' harvester status."""
+        if state is not None and not isinstance(state, str):
+            state = ",".join(state)
+        params = {"queue": queue, "state": state, "limit": limit, "offset": offset}
+        return self._json("GET", "/workers", params=params)

@@ -15,6 +15,7 @@ a :class:`DagFile` whose :attr:`~DagFile.body` is what ``POST /api/v1/workflows`
 from __future__ import annotations
 
 import json
+import math
 import string
 from collections import Counter
 from dataclasses import dataclass, field
@@ -31,7 +32,7 @@ TASK_KEYS = (
 )  # fmt: skip
 #: Keys of a job.
 JOB_KEYS = ("name", "task", "label", "vars", "inputs", "outputs", "parents", *TASK_KEYS)
-TOP_KEYS = ("name", "owner", "available", "tasks", "clusters", "jobs")
+TOP_KEYS = ("name", "owner", "available", "sites", "site", "tasks", "clusters", "jobs")
 CLUSTER_KEYS = ("tasks", "dimensions")
 DEFAULT_TASK = "default"
 
@@ -62,6 +63,8 @@ class DagFile:
     jobs: list[dict[str, Any]]  # job specs as the REST API takes them
     labels: dict[str, int] = field(default_factory=dict)  # task -> number of jobs, in file order
     clustered: dict[str, int] = field(default_factory=dict)  # cluster label -> jobs of the file in it
+    sites: dict[str, float] | None = None  # site -> share (the server checks the names)
+    site: str | None = None  # pinned to one site
 
     @property
     def body(self) -> dict[str, Any]:
@@ -71,6 +74,10 @@ class DagFile:
             body["owner"] = self.owner
         if self.available:
             body["available"] = self.available
+        if self.sites is not None:
+            body["sites"] = self.sites
+        if self.site is not None:
+            body["site"] = self.site
         return body
 
     def roots(self) -> list[str]:
@@ -96,6 +103,7 @@ class DagFile:
             "n_roots": len(roots),
             "roots": roots,
             "clustered": dict(self.clustered),
+            "sites": self.sites or ({self.site: 1} if self.site else None),
         }
 
 
@@ -233,6 +241,35 @@ def _unknown(check: _Checker, key: str, given: dict, allowed: tuple[str, ...]) -
     for k in unknown:
         check.bad(f"{key}.{k}" if key else str(k), f"unknown key; allowed: {', '.join(allowed)}")
     return bool(unknown)
+
+
+def _sites(check: _Checker, doc: dict) -> tuple[dict[str, float] | None, str | None]:
+    """The workflow's ``sites`` (shares) or ``site`` (pinned); the server checks the names exist."""
+    if "sites" in doc and "site" in doc:
+        check.bad("site", "give 'sites' (shares over several sites) or 'site' (pin to one), not both")
+        return None, None
+    if "site" in doc:
+        return None, check.name("site", doc["site"], 128)
+    if "sites" not in doc:
+        return None, None
+    raw = doc["sites"]
+    if not isinstance(raw, dict) or not raw:
+        check.bad("sites", f"expected a mapping of site names to shares (e.g. FrDF: 0.5), got {_show(raw)}")
+        return None, None
+    shares: dict[str, float] = {}
+    for name, share in raw.items():
+        if check.name(f"sites.{name}", name, 128) is None:
+            continue
+        if (
+            isinstance(share, bool)
+            or not isinstance(share, int | float)
+            or not math.isfinite(share)
+            or share <= 0
+        ):
+            check.bad(f"sites.{name}", f"expected a positive share, got {_show(share)}")
+            continue
+        shares[name] = share
+    return shares, None
 
 
 def _tasks(check: _Checker, raw: Any) -> dict[str, dict[str, Any]]:
@@ -402,6 +439,7 @@ def parse(doc: Any, where: str = "<dag>") -> DagFile:
     if owner is not None:
         owner = check.name("owner", owner, 128)
     available = check.names("available", doc["available"]) if "available" in doc else []
+    sites, site = _sites(check, doc)
     tasks = _tasks(check, doc.get("tasks"))
     raw_jobs = doc.get("jobs")
     jobs: list[dict[str, Any]] = []
@@ -451,4 +489,4 @@ def parse(doc: Any, where: str = "<dag>") -> DagFile:
         )
     labels = dict(Counter(j["task"] for j in jobs))
     return DagFile(path=where, name=name or "", owner=owner, available=list(available or []), jobs=jobs,
-                   labels=labels, clustered=clustered)  # fmt: skip
+                   labels=labels, clustered=clustered, sites=sites, site=site)  # fmt: skip

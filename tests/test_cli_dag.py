@@ -141,6 +141,18 @@ def test_submit_then_report_round_trip_through_the_rest_api(run, server, workloa
     ]
 
 
+def test_submit_sends_the_dags_site_policy_and_prints_the_jobs_per_site(run, server, tmp_path):
+    result = run("submit", write(tmp_path, {**DIAMOND, "sites": {"local": 1}}))
+    assert result.exit_code == 0, result.output
+    assert "jobs per site: local 4" in result.output
+    assert server.get("/api/v1/workflows/1").get_json()["sites"] == {"local": 1.0}
+
+
+def test_a_site_the_server_does_not_know_is_reported_with_the_known_ones(run, server, tmp_path):
+    result = run("submit", write(tmp_path, {**DIAMOND, "site": "Mars"}))
+    assert result.exit_code == 1 and "unknown site 'Mars' in 'site'; known sites: local" in result.output
+
+
 def test_a_graph_the_server_refuses_is_reported_with_its_problems(run, server, tmp_path):
     doc = {"name": "w", "jobs": [{"name": "a", "command": "true", "memory_mb": 10**6}]}
     result = run("submit", write(tmp_path, doc))

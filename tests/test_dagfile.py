@@ -162,8 +162,8 @@ def test_invalid_yaml_is_reported_with_its_line(tmp_path):
 def test_a_document_that_is_not_a_mapping_is_refused(tmp_path):
     found = problems(tmp_path, "- a\n- b\n", name="dag.yaml")
     assert found == [
-        f"{tmp_path / 'dag.yaml'}: expected a mapping with name, owner, available, tasks, clusters, jobs, "
-        "got a list"
+        f"{tmp_path / 'dag.yaml'}: expected a mapping with name, owner, available, sites, site, tasks, clusters, "
+        "jobs, got a list"
     ]
 
 
@@ -270,3 +270,36 @@ def test_the_rubin_example_has_the_pipeline_shape():
         "finalMerge": 1,
     }
     assert all(j["task"] == "isr" for j in dag.jobs if j["name"] in dag.roots())
+
+
+# ---------------------------------------------------------------- sites
+
+
+def test_a_dag_may_spread_its_jobs_over_sites_by_share(tmp_path):
+    dag = dagfile.load(write(tmp_path, {"name": "w", "sites": {"FrDF": 2, "USDF": 1}, "jobs": [job()]}))
+    assert dag.body["sites"] == {"FrDF": 2, "USDF": 1} and "site" not in dag.body
+    assert dag.plan()["sites"] == {"FrDF": 2, "USDF": 1}
+
+
+def test_a_dag_may_be_pinned_to_one_site(tmp_path):
+    dag = dagfile.load(write(tmp_path, "name: w\nsite: USDF\njobs: [{name: a, command: 'true'}]\n", "d.yaml"))
+    assert dag.body["site"] == "USDF" and "sites" not in dag.body and dag.plan()["sites"] == {"USDF": 1}
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"sites": {"FrDF": 1}, "site": "USDF"}, "site: give 'sites' (shares over several sites) or 'site'"),
+        (
+            {"sites": ["FrDF"]},
+            "sites: expected a mapping of site names to shares (e.g. FrDF: 0.5), got a list",
+        ),
+        ({"sites": {}}, "sites: expected a mapping of site names to shares"),
+        ({"sites": {"FrDF": 0}}, "sites.FrDF: expected a positive share, got int 0"),
+        ({"sites": {"FrDF": "half"}}, "sites.FrDF: expected a positive share, got str 'half'"),
+        ({"site": ""}, "site: expected a non-empty string"),
+    ],
+)
+def test_bad_sites_are_refused_naming_the_key(tmp_path, extra, message):
+    found = problems(tmp_path, {"name": "w", "jobs": [job()], **extra})
+    assert any(message in p for p in found), found

@@ -23,8 +23,6 @@ same transaction.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -181,90 +179,3 @@ def record_queue(conn: Connection, harvester: str, queue: str, values: dict[str,
     ).rowcount
     if not updated:
         conn.execute(insert(s.harvester_queues).values(queue=queue, harvester=harvester, **values))
-
-
-# ---------------------------------------------------------------- reading (CLI, monitor)
-
-
-def _iso(t: float | None) -> str | None:
-    from pandaflow.server.queries import iso
-
-    return iso(t)
-
-
-def list_workers(
-    conn: Connection,
-    queue: str | None = None,
-    state: str | Iterable[str] | None = None,
-    limit: int = 100,
-    offset: int = 0,
-    now: float | None = None,
-) -> dict[str, Any]:
-    """A page of workers, newest first, and the harvesters' status of every queue they serve.
-
-    JSON-ready, in the conventions of :mod:`pandaflow.server.queries` (``*_at`` ISO times,
-    ``*_s`` seconds, pages with ``total``/``limit``/``offset``).
-    """
-    if limit < 1 or limit > 1000 or offset < 0:
-        raise ValueError("limit must be 1..1000 and offset at least 0")
-    now = time.time() if now is None else now
-    where = []
-    if queue is not None:
-        where.append(_W.queue == queue)
-    if state is not None:
-        states = [state] if isinstance(state, str) else list(state)
-        unknown = sorted(set(states) - set(STATES))
-        if unknown:
-            raise ValueError(f"unknown worker state(s) {unknown}; allowed: {', '.join(STATES)}")
-        where.append(_W.state.in_(states))
-    total = conn.execute(select(func.count()).select_from(s.workers).where(*where)).scalar_one()
-    rows = conn.execute(
-        select(s.workers, s.pilots.c.name.label("pilot"))
-        .select_from(s.workers.outerjoin(s.pilots, s.pilots.c.id == _W.pilot_id))
-        .where(*where)
-        .order_by(_W.id.desc())
-        .limit(limit)
-        .offset(offset)
-    ).all()
-    items = [
-        {
-            "id": r.id,
-            "queue": r.queue,
-            "state": r.state,
-            "batch_state": r.batch_state,
-            "provider": r.provider,
-            "provider_job_id": r.provider_job_id,
-            "harvester": r.harvester,
-            "cores": r.cores,
-            "memory_mb": r.memory_mb,
-            "pilot_id": r.pilot_id,
-            "pilot": r.pilot,
-            "error": r.error,
-            "submitted_at": _iso(r.submitted_at),
-            "started_at": _iso(r.started_at),
-            "ended_at": _iso(r.ended_at),
-            "age_s": round(max(0.0, (r.ended_at or now) - r.submitted_at), 3),
-        }
-        for r in rows
-    ]
-    hq = select(s.harvester_queues).order_by(_HQ.queue, _HQ.harvester)
-    if queue is not None:
-        hq = hq.where(_HQ.queue == queue)
-    queues = [
-        {
-            "queue": r.queue,
-            "harvester": r.harvester,
-            "cycle_at": _iso(r.cycle_at),
-            "ready_jobs": r.ready_jobs,
-            "ready_cores": r.ready_cores,
-            "unfit_jobs": r.unfit_jobs,
-            "idle_slots": r.idle_slots,
-            "queued_workers": r.queued_workers,
-            "running_workers": r.running_workers,
-            "action": r.action,
-            "error": r.error,
-            "error_at": _iso(r.error_at),
-        }
-        for r in conn.execute(hq).all()
-    ]
-    return {"workers": items, "total": total, "limit": limit, "offset": offset, "queues": queues}

@@ -23,7 +23,7 @@ from flask import Blueprint, Response, current_app, jsonify, request, url_for
 from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 
-from pandaflow.server import collector, control, queries, submission
+from pandaflow.server import collector, control, queries, sites, submission
 from pandaflow.server import schema as s
 from pandaflow.server.openapi import document as openapi_document
 
@@ -276,10 +276,20 @@ def _decode_buffers(jobs: list) -> list:
     return decoded
 
 
+def _site_broker(policy: sites.SitePolicy | None, jobs: list, label: Any) -> Any:
+    """The broker of one request: the server's, or one that spreads jobs over the policy's sites
+    (seeded by the request itself, so the same request is brokered the same way)."""
+    if policy is None:
+        return state().broker
+    first = jobs[0] if isinstance(jobs[0], dict) else {}
+    phase = sites.seed(label, len(jobs), first.get("uid") or first.get("name"))
+    return sites.SiteBroker(state().broker, policy, jobs, phase)
+
+
 @api.post("/workflows")
 @collector.paused()
 def submit_workflow():
-    body = _body(required=("name", "jobs"), optional=("owner", "available"))
+    body = _body(required=("name", "jobs"), optional=("owner", "available", "sites", "site"))
     name, owner, jobs = body["name"], body.get("owner", ""), body["jobs"]
     available = body.get("available", [])
     if not isinstance(available, list) or not all(isinstance(a, str) and a for a in available):
@@ -291,14 +301,26 @@ def submit_workflow():
     if not isinstance(jobs, list) or not jobs:
         raise ApiError(400, "'jobs' must be a non-empty list of job objects")
     st = state()
-    clean = submission.validate(_decode_buffers(jobs), st.broker)
+    try:
+        policy = sites.parse(body.get("sites"), body.get("site"), st.broker.sites)
+    except sites.SiteError as exc:
+        raise ApiError(400, str(exc)) from None
+    broker = _site_broker(policy, jobs, name)
+    clean = submission.validate(_decode_buffers(jobs), broker)
     with st.engine.begin() as conn:
         stored = submission.store(
             conn, clean, submission.WorkflowBook(), workflow=name, owner=owner, available=available
         )
+        if policy is not None:
+            sites.remember(conn, stored.workflow_id, policy)
     if stored.queues:
         _poke({"kind": "ready", "queues": sorted(stored.queues)})
-    response = jsonify(workflow_id=stored.workflow_id, job_ids=stored.ids, duplicates=stored.duplicates)
+    response = jsonify(
+        workflow_id=stored.workflow_id,
+        job_ids=stored.ids,
+        duplicates=stored.duplicates,
+        **_site_counts(broker, clean, stored),
+    )
     response.status_code = 201
     response.headers["Location"] = url_for("api.get_workflow", workflow_id=stored.workflow_id)
     return response
@@ -319,16 +341,31 @@ def append_jobs(workflow_id: int):
     with st.engine.connect() as conn:
         if conn.execute(select(s.workflows.c.id).where(s.workflows.c.id == workflow_id)).first() is None:
             raise ApiError(404, f"no workflow {workflow_id}; create it with POST /api/v1/workflows")
-    clean = submission.validate(_decode_buffers(jobs), st.broker)
+        policy = sites.policy_of(conn, workflow_id)  # appended jobs follow the workflow's sites
+    broker = _site_broker(policy, jobs, workflow_id)
+    clean = submission.validate(_decode_buffers(jobs), broker)
     with st.engine.begin() as conn:
         stored = submission.store(
             conn, clean, submission.WorkflowBook(), workflow_id=workflow_id, available=available
         )
     if stored.queues:
         _poke({"kind": "ready", "queues": sorted(stored.queues)})
-    response = jsonify(workflow_id=workflow_id, job_ids=stored.ids, duplicates=stored.duplicates)
+    response = jsonify(
+        workflow_id=workflow_id,
+        job_ids=stored.ids,
+        duplicates=stored.duplicates,
+        **_site_counts(broker, clean, stored),
+    )
     response.status_code = 201
     return response
+
+
+def _site_counts(broker: Any, clean: list[dict], stored: submission.Submitted) -> dict[str, Any]:
+    """``{"sites": {site: jobs stored by this request}}`` for a workflow with sites, else nothing."""
+    if not isinstance(broker, sites.SiteBroker):
+        return {}
+    new = set(stored.accepted)
+    return {"sites": broker.counts(job for job in clean if job["uid"] in new)}
 
 
 @api.get("/workflows")
@@ -486,6 +523,21 @@ def list_pilots():
 def list_queues():
     _args()
     return jsonify(_read(queries.list_queues))
+
+
+@api.get("/workers")
+def list_workers():
+    args = _args("queue", "state", "limit", "offset")
+    state_filter = None
+    if "state" in args:
+        state_filter = [x.strip() for x in args["state"].split(",") if x.strip()]
+        if not state_filter:
+            raise ApiError(
+                400, "query parameter state is empty; give one or more worker states separated by commas"
+            )
+    return jsonify(
+        _read(queries.list_workers, queue=args.get("queue"), state=state_filter, **_page_args(args))
+    )
 
 
 @api.get("/summary")

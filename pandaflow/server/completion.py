@@ -210,10 +210,16 @@ def _retry_shape(job: dict[str, Any], code: int, broker: Broker | None) -> tuple
     if broker is not None:
         current = broker.queues.get(job["queue"])
         if current is None or current.refusal(grown, job["cores"], job["walltime_s"]):
+            # Stay at the job's site (its workflow may be pinned or spread there); leave it only
+            # when the site has no queue large enough, rather than fail the job.
+            site = current.site if current is not None else None
             try:
-                changes["queue"] = broker.choose(grown, job["cores"], job["walltime_s"])
-            except BrokerageError as exc:
-                return {}, str(exc)
+                changes["queue"] = broker.choose(grown, job["cores"], job["walltime_s"], site=site)
+            except BrokerageError:
+                try:
+                    changes["queue"] = broker.choose(grown, job["cores"], job["walltime_s"])
+                except BrokerageError as exc:
+                    return {}, str(exc)
     return changes, ""
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import copy
 from typing import Any
 
+from pandaflow.harvester.workers import STATES as WORKER_STATES
 from pandaflow.server.queries import (
     BPS_COLUMNS,
     BPS_RUN_STATES,
@@ -56,6 +57,22 @@ NSTR = _nullable("string")
 JOB_STATE = {"type": "string", "enum": list(ALL_STATES)}
 NAMES = {"type": "array", "items": {"type": "string", "minLength": 1, "maxLength": 500}}
 COUNTS = _obj({state: INT for state in ALL_STATES}, description="number of jobs in each state")
+SITE_SHARES = {
+    "type": "object",
+    "additionalProperties": {"type": "number", "exclusiveMinimum": 0},
+    "minProperties": 1,
+    "description": "spread the jobs over sites by share: site name -> share (weights, normalised: "
+    "{\"FrDF\": 0.5, \"UKDF\": 0.25, \"USDF\": 0.25} and {\"FrDF\": 2, \"UKDF\": 1, \"USDF\": 1} "
+    "mean the same). Each job shape goes to the sites that have a queue able to hold it, shares "
+    "renormalised among them, then to the tightest queue there. Not with 'site'",
+}
+SITE_PIN = {"type": "string", "minLength": 1, "description": "pin every job to this site. Not with 'sites'"}
+SITES_OUT = _nullable(
+    "object",
+    additionalProperties={"type": "number"},
+    description="the sites the workflow's jobs are spread over, with shares summing to 1 (one site: "
+    "pinned); null: any site",
+)
 
 
 def _group(extra: dict[str, Any]) -> dict[str, Any]:
@@ -94,6 +111,7 @@ _JOB = {
     "attempt": {"type": "integer", "description": "dispatches so far"},
     "max_attempts": INT,
     "pilot_id": NINT,
+    "worker_id": {**NINT, "description": "push queues: the worker the job is (or was) reserved for"},
     "error_code": INT,
     "error_name": STR,
     "error_diag": STR,
@@ -189,7 +207,8 @@ _SCHEMAS: dict[str, Any] = {
         {"version": STR, "zmq": {**NSTR, "description": "ZeroMQ endpoint of pilots"}, "epoch": NSTR}
     ),
     "Workflow": _group(
-        {"id": INT, "name": STR, "owner": STR, "client": NSTR, "created_at": TIME, "updated_at": TIME}
+        {"id": INT, "name": STR, "owner": STR, "client": NSTR, "sites": SITES_OUT, "created_at": TIME,
+         "updated_at": TIME}
     ),  # fmt: skip
     "WorkflowDetail": {
         "allOf": [_ref("Workflow"), _obj({"tasks": {"type": "array", "items": _ref("Task")}})],
@@ -261,14 +280,71 @@ _SCHEMAS: dict[str, Any] = {
             "brokerage": {"type": "boolean"},
             "description": STR,
             "ready_jobs": INT,
+            "reserved_jobs": {"type": "integer", "description": "push queues: jobs reserved for a worker"},
             "dispatched_jobs": INT,
             "running_jobs": INT,
             "active_pilots": INT,
             "updated_at": TIME,
+            "harvesters": {
+                "type": "array",
+                "items": _ref("HarvesterStatus"),
+                "description": "each harvester serving the queue, as of its last cycle (empty: none)",
+            },
         },
-        required=["name", "ready_jobs", "dispatched_jobs", "running_jobs", "active_pilots", "updated_at"],
+        required=["name", "ready_jobs", "reserved_jobs", "dispatched_jobs", "running_jobs", "active_pilots",
+                  "updated_at", "harvesters"],
         additionalProperties=True,
+    ),  # fmt: skip
+    "HarvesterStatus": _obj(
+        {
+            "queue": STR,
+            "harvester": {"type": "string", "description": "its name (--name, the host name by default)"},
+            "cycle_at": {**TIME, "description": "end of its last cycle on the queue"},
+            "ready_jobs": {"type": "integer", "description": "demand: ready jobs its pilots can take"},
+            "ready_cores": {"type": "integer", "description": "demand in job slots"},
+            "unfit_jobs": {"type": "integer", "description": "ready jobs larger than the queue's pilots"},
+            "idle_slots": {"type": "integer", "description": "supply: free slots of pilots and of workers"},
+            "queued_workers": {"type": "integer", "description": "workers waiting in the provider"},
+            "running_workers": INT,
+            "action": {"type": "string", "description": "what the last cycle did, and why"},
+            "error": {"type": "string", "description": "the last provider failure ('' once it works again)"},
+            "error_at": {**TIME, "description": "when the last failure was seen"},
+        }
     ),
+    "Worker": _obj(
+        {
+            "id": {"type": "integer", "description": "the pilot's --worker-id"},
+            "queue": STR,
+            "state": {"type": "string", "enum": list(WORKER_STATES)},
+            "batch_state": {**NSTR, "description": "the provider's last word (a parsl JobState name)"},
+            "provider": STR,
+            "provider_job_id": {**NSTR, "description": "e.g. the Slurm job id; null until accepted"},
+            "harvester": STR,
+            "cores": INT,
+            "memory_mb": NINT,
+            "pilot_id": {**NINT, "description": "the pilot that registered from it"},
+            "pilot": {**NSTR, "description": "that pilot's name"},
+            "error": STR,
+            "submitted_at": TIME,
+            "started_at": TIME,
+            "ended_at": TIME,
+            "age_s": {"type": "number", "description": "seconds from submission to its end (or to now)"},
+        }
+    ),
+    "WorkerPage": {
+        "allOf": [
+            _page("workers", "Worker"),
+            _obj(
+                {
+                    "queues": {
+                        "type": "array",
+                        "items": _ref("HarvesterStatus"),
+                        "description": "the harvesters' status of the queue filtered on (of every queue)",
+                    }
+                }
+            ),
+        ]
+    },
     "Summary": _obj(
         {
             "at": TIME,
@@ -306,6 +382,8 @@ _SCHEMAS: dict[str, Any] = {
                 "items": {"type": "string", "minLength": 1},
                 "description": "data products that exist already (inputs nobody in the workflow writes)",
             },
+            "sites": SITE_SHARES,
+            "site": SITE_PIN,
         },
         required=["name", "jobs"],
         additionalProperties=False,
@@ -327,7 +405,13 @@ _SCHEMAS: dict[str, Any] = {
             "workflow_id": INT,
             "job_ids": {"type": "object", "additionalProperties": INT, "description": "uid -> job id"},
             "duplicates": {"type": "array", "items": STR, "description": "uids stored by an earlier request"},
-        }
+            "sites": {
+                "type": "object",
+                "additionalProperties": INT,
+                "description": "workflows with sites only: jobs this request stored at each site",
+            },
+        },
+        required=["workflow_id", "job_ids", "duplicates"],
     ),
     "JobIds": _obj(
         {
@@ -370,6 +454,7 @@ _SCHEMAS: dict[str, Any] = {
             "name": STR,
             "owner": STR,
             "client": NSTR,
+            "sites": SITES_OUT,
             "created_at": TIME,
             "updated_at": TIME,
             "status": {"type": "string", "enum": list(DERIVED_STATES), "description": "derived status"},
@@ -532,8 +617,8 @@ _PATHS: dict[str, Any] = {
             params=[WORKFLOW_ID],
             not_found=True,
             description="Pandaflow job states map to BPS WmsStates: pending UNREADY, ready READY, "
-            "dispatched PENDING, running RUNNING, cancelled DELETED, held HELD, finished SUCCEEDED, "
-            "failed FAILED, pruned PRUNED.",
+            "reserved (push queues) PENDING, dispatched PENDING, running RUNNING, cancelled DELETED, "
+            "held HELD, finished SUCCEEDED, failed FAILED, pruned PRUNED.",
         )
     },
     "/workflows/{workflow_id}/jobs": {
@@ -672,7 +757,30 @@ _PATHS: dict[str, Any] = {
         )
     },
     "/queues": {
-        "get": _op("Queues with live job and pilot counts", "listQueues", "queues", _ok("QueueList"))
+        "get": _op(
+            "Queues with live job and pilot counts and each harvester's last cycle",
+            "listQueues",
+            "queues",
+            _ok("QueueList"),
+        )
+    },
+    "/workers": {
+        "get": _op(
+            "List the pilot workers harvesters submitted, newest first, with the queues' harvester status",
+            "listWorkers",
+            "harvester",
+            _ok("WorkerPage"),
+            params=[
+                _query("queue", {"type": "string"}, "only workers of this queue"),
+                _query(
+                    "state",
+                    {"type": "string"},
+                    f"one or more of {', '.join(WORKER_STATES)}, comma-separated",
+                ),
+                LIMIT,
+                OFFSET,
+            ],
+        )
     },
     "/summary": {
         "get": _op("Jobs by state, pilots by state and queues", "getSummary", "server", _ok("Summary"))
@@ -702,7 +810,7 @@ _DOCUMENT: dict[str, Any] = {
     },
     "servers": [{"url": "/api/v1"}],
     "security": [{"bearerAuth": []}],
-    "tags": [{"name": t} for t in ("server", "workflows", "tasks", "jobs", "pilots", "queues")],
+    "tags": [{"name": t} for t in ("server", "workflows", "tasks", "jobs", "pilots", "queues", "harvester")],
     "paths": _PATHS,
     "components": {
         "securitySchemes": {

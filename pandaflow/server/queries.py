@@ -39,6 +39,7 @@ from pandaflow.server.states import (
     FINAL_STATES,
     FINISHED,
     READY,
+    RESERVED,
     RUNNING,
 )
 
@@ -167,9 +168,17 @@ def _workflow(row: Any) -> dict[str, Any]:
         "name": row.name,
         "owner": row.owner,
         "client": row.client,
+        "sites": _sites(row.sites),
         "created_at": iso(row.created_at),
         "updated_at": iso(row.updated_at),
     }
+
+
+def _sites(text: str | None) -> dict[str, float] | None:
+    try:
+        return json.loads(text) if text else None
+    except ValueError:
+        return None  # a corrupt policy must not hide the workflow
 
 
 def list_workflows(conn: Connection, limit: int = DEFAULT_LIMIT, offset: int = 0) -> dict[str, Any]:
@@ -234,8 +243,8 @@ def list_tasks(
 _JOB_COLUMNS = (
     _J.id, _J.uid, _J.name, _J.workflow_id, _J.task_id, _T.name.label("task"), _J.kind, _J.status, _J.queue,
     _J.priority, _J.cores, _J.memory_mb, _J.disk_mb, _J.walltime_s, _J.attempt, _J.max_attempts, _J.pilot_id,
-    _J.error_code, _J.error_diag, _J.exit_code, _J.max_rss_mb, _J.max_pss_mb, _J.created_at, _J.updated_at,
-    _J.dispatched_at, _J.started_at, _J.ended_at,
+    _J.worker_id, _J.error_code, _J.error_diag, _J.exit_code, _J.max_rss_mb, _J.max_pss_mb, _J.created_at,
+    _J.updated_at, _J.dispatched_at, _J.started_at, _J.ended_at,
 )  # fmt: skip
 
 
@@ -260,6 +269,7 @@ def _job(row: Any) -> dict[str, Any]:
         "attempt": row.attempt,
         "max_attempts": row.max_attempts,
         "pilot_id": row.pilot_id,
+        "worker_id": row.worker_id,
         "error_code": row.error_code,
         "error_name": name,
         "error_diag": row.error_diag,
@@ -497,12 +507,13 @@ def list_pilots(
 
 
 def list_queues(conn: Connection) -> dict[str, Any]:
-    """Every queue: its description (as loaded by the server) and live counts of jobs and pilots."""
-    jobs: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys((READY, DISPATCHED, RUNNING), 0))
+    """Every queue: its description (as loaded by the server), live counts of jobs and pilots, and
+    what each harvester serving it saw and did in its last cycle (``harvesters``, see
+    :func:`harvester_status`; empty for queues no harvester serves)."""
+    counted = (READY, RESERVED, DISPATCHED, RUNNING)
+    jobs: dict[str, dict[str, int]] = defaultdict(lambda: dict.fromkeys(counted, 0))
     for queue, status, n in conn.execute(
-        select(_J.queue, _J.status, func.count())
-        .where(_J.status.in_([READY, DISPATCHED, RUNNING]))
-        .group_by(_J.queue, _J.status)
+        select(_J.queue, _J.status, func.count()).where(_J.status.in_(counted)).group_by(_J.queue, _J.status)
     ).all():
         jobs[queue][status] = n
     active = dict(
@@ -510,6 +521,9 @@ def list_queues(conn: Connection) -> dict[str, Any]:
             select(_P.queue, func.count()).where(_P.status == pilot_registry.ACTIVE).group_by(_P.queue)
         ).all()
     )
+    harvesters: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for item in harvester_status(conn):
+        harvesters[item["queue"]].append(item)
     items = []
     for row in conn.execute(select(s.queues).order_by(s.queues.c.name)).all():
         try:
@@ -522,13 +536,115 @@ def list_queues(conn: Connection) -> dict[str, Any]:
                 **description,
                 "name": row.name,
                 "ready_jobs": counts[READY],
+                "reserved_jobs": counts[RESERVED],
                 "dispatched_jobs": counts[DISPATCHED],
                 "running_jobs": counts[RUNNING],
                 "active_pilots": active.get(row.name, 0),
                 "updated_at": iso(row.updated_at),
+                "harvesters": harvesters.get(row.name, []),
             }
         )
     return {"queues": items}
+
+
+# ---------------------------------------------------------------- harvester: workers and queue status
+
+_WK = s.workers.c
+_HQ = s.harvester_queues.c
+
+
+def harvester_status(conn: Connection, queue: str | None = None) -> list[dict[str, Any]]:
+    """What each harvester saw and did on each queue in its last cycle (the ``harvester_queues``
+    table), by queue then harvester: demand (``ready_jobs``, ``ready_cores``, ``unfit_jobs``),
+    supply (``idle_slots``, ``queued_workers``, ``running_workers``), the last ``action`` and why,
+    and the last provider ``error`` (``""`` once it works again; ``error_at`` keeps when it was)."""
+    query = select(s.harvester_queues).order_by(_HQ.queue, _HQ.harvester)
+    if queue is not None:
+        query = query.where(_HQ.queue == queue)
+    return [
+        {
+            "queue": r.queue,
+            "harvester": r.harvester,
+            "cycle_at": iso(r.cycle_at),
+            "ready_jobs": r.ready_jobs,
+            "ready_cores": r.ready_cores,
+            "unfit_jobs": r.unfit_jobs,
+            "idle_slots": r.idle_slots,
+            "queued_workers": r.queued_workers,
+            "running_workers": r.running_workers,
+            "action": r.action,
+            "error": r.error,
+            "error_at": iso(r.error_at),
+        }
+        for r in conn.execute(query).all()
+    ]
+
+
+def list_workers(
+    conn: Connection,
+    queue: str | None = None,
+    state: str | Sequence[str] | None = None,
+    limit: int = DEFAULT_LIMIT,
+    offset: int = 0,
+    now: float | None = None,
+) -> dict[str, Any]:
+    """A page of the pilot workers harvesters submitted, newest first, and under ``queues`` the
+    harvesters' status of the queue asked for (of every queue without a ``queue`` filter).
+
+    ``state`` is one worker state or several (see :mod:`pandaflow.harvester.workers`); an unknown
+    state or queue raises ``ValueError`` naming the allowed values.
+    """
+    from pandaflow.harvester.workers import STATES
+
+    _check_page(limit, offset)
+    now = time.time() if now is None else now
+    where = []
+    if queue is not None:
+        known = set(conn.execute(select(s.queues.c.name)).scalars())
+        # A queue dropped from the configuration may still have workers worth looking at.
+        if queue not in known and conn.execute(select(_WK.id).where(_WK.queue == queue)).first() is None:
+            raise ValueError(f"unknown queue {queue!r}; known queues: {', '.join(sorted(known)) or '(none)'}")
+        where.append(_WK.queue == queue)
+    if state is not None:
+        states = [state] if isinstance(state, str) else list(state)
+        unknown = [x for x in states if x not in STATES]
+        if unknown or not states:
+            shown = ", ".join(map(repr, unknown)) or "(none)"
+            raise ValueError(f"unknown worker state {shown}; allowed: {', '.join(STATES)}")
+        where.append(_WK.state.in_(states))
+    total = conn.execute(select(func.count()).select_from(s.workers).where(*where)).scalar_one()
+    rows = conn.execute(
+        select(s.workers, _P.name.label("pilot"))
+        .select_from(s.workers.outerjoin(s.pilots, _P.id == _WK.pilot_id))
+        .where(*where)
+        .order_by(_WK.id.desc())
+        .limit(limit)
+        .offset(offset)
+    ).all()
+    items = [
+        {
+            "id": r.id,
+            "queue": r.queue,
+            "state": r.state,
+            "batch_state": r.batch_state,
+            "provider": r.provider,
+            "provider_job_id": r.provider_job_id,
+            "harvester": r.harvester,
+            "cores": r.cores,
+            "memory_mb": r.memory_mb,
+            "pilot_id": r.pilot_id,
+            "pilot": r.pilot,
+            "error": r.error,
+            "submitted_at": iso(r.submitted_at),
+            "started_at": iso(r.started_at),
+            "ended_at": iso(r.ended_at),
+            "age_s": round(max(0.0, (r.ended_at or now) - r.submitted_at), 3),
+        }
+        for r in rows
+    ]
+    page = _page("workers", items, total, limit, offset)
+    page["queues"] = harvester_status(conn, queue)
+    return page
 
 
 def summary(conn: Connection, now: float | None = None) -> dict[str, Any]:

@@ -11,7 +11,7 @@ from sqlalchemy import select
 from pandaflow.harvester import Harvester, HarvesterConfig, accounting
 from pandaflow.harvester import workers as w
 from pandaflow.harvester.policy import Limits
-from pandaflow.server import assignment, pilots, submission
+from pandaflow.server import assignment, pilots, queries, submission
 from pandaflow.server import schema as s
 from pandaflow.server.db import open_database
 
@@ -310,7 +310,7 @@ def test_a_failing_submit_fails_the_worker_is_visible_and_spares_other_queues(
     reports = h.cycle()
     assert len(reports["fine"].submitted) == 1 and reports["fine"].errors == []
     assert "Invalid account" in h.errors["broken"]
-    (failed,) = [r for r in w.list_workers(engine.connect())["workers"] if r["queue"] == "broken"]
+    (failed,) = [r for r in queries.list_workers(engine.connect())["workers"] if r["queue"] == "broken"]
     assert failed["state"] == "failed" and "submit failed: RuntimeError: sbatch: error" in failed["error"]
     row = status_row(engine, "broken")
     assert "Invalid account" in row["error"] and row["error_at"] is not None
@@ -410,7 +410,7 @@ def test_a_full_cycle_works_on_sqlite_and_postgresql(any_db_url, tmp_path, fake_
         assert report.cancelled == [first] and report.errors == []
         assert worker_row(engine, second)["state"] == "missing"
         with engine.connect() as conn:
-            listed = w.list_workers(conn)
+            listed = queries.list_workers(conn)
         assert [x["state"] for x in listed["workers"]] == ["missing", "cancelled"]
         assert listed["queues"][0]["action"].startswith("cancelled 1")
     finally:

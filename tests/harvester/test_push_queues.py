@@ -13,7 +13,7 @@ from pandaflow.harvester import Harvester, HarvesterConfig, accounting
 from pandaflow.harvester import workers as w
 from pandaflow.harvester.policy import Limits
 from pandaflow.pilot.errorcodes import ErrorCode
-from pandaflow.server import assignment, completion, control, pilots, push, submission
+from pandaflow.server import assignment, completion, control, pilots, push, queries, submission
 from pandaflow.server import schema as s
 from pandaflow.server.db import open_database
 
@@ -96,7 +96,7 @@ def test_each_worker_submitted_on_a_push_queue_gets_ready_jobs_reserved_that_fil
     assert reserved_for(engine, third) == ids[4:5]
     assert (
         report.reserved_now == 5
-        and "with 5 jobs reserved" in w.list_workers(engine.connect())["queues"][0]["action"]
+        and "with 5 jobs reserved" in queries.list_workers(engine.connect())["queues"][0]["action"]
     )
 
 

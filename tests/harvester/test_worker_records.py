@@ -10,7 +10,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select
 
 from pandaflow.harvester import workers as w
-from pandaflow.server import pilots
+from pandaflow.server import pilots, queries
 from pandaflow.server import schema as s
 from pandaflow.server.db import _alembic_config, open_database
 
@@ -127,11 +127,11 @@ def test_listing_shows_workers_newest_first_with_their_pilot(engine):
     with engine.begin() as conn:
         pilots.register(conn, {"pilot": "p-a", "queue": "q", "worker_id": a}, time.time())
         w.record_queue(conn, "h", "q", {"cycle_at": 1.0, "action": "submitted 1", "error": ""})
-        page = w.list_workers(conn)
-        only = w.list_workers(conn, queue="q", state=["running"])
+        page = queries.list_workers(conn)
+        only = queries.list_workers(conn, queue="q", state=["running"])
     assert [x["id"] for x in page["workers"]] == [b, a] and page["total"] == 2
     assert [(x["id"], x["pilot"], x["state"]) for x in only["workers"]] == [(a, "p-a", "running")]
     assert [(q["queue"], q["action"]) for q in page["queues"]] == [("q", "submitted 1")]
     with pytest.raises(ValueError, match="unknown worker state"):
         with engine.connect() as conn:
-            w.list_workers(conn, state="zombie")
+            queries.list_workers(conn, state="zombie")
