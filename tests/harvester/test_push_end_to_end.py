@@ -191,3 +191,53 @@ def test_a_reservation_survives_a_server_restart_and_no_other_pilot_takes_it(
             except subprocess.TimeoutExpired:
                 proc.kill()
         server.stop()
+
+
+def test_a_push_pilots_request_is_served_its_reserved_jobs_first_then_the_queues_ready_ones(tmp_path):
+    """At the protocol level: the pilot registers with its worker id and asks for work; the reply
+    holds the jobs reserved for its worker, even ahead of a higher-priority ready job, then fills
+    the rest of the request from the queue."""
+    import zmq
+
+    from pandaflow import protocol
+    from pandaflow.harvester import workers as w
+    from pandaflow.server import push
+
+    server = start_server(tmp_path, queue_file(tmp_path, provider={"name": "local"}))
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    try:
+        client = Client(server.url, TOKEN)
+        first, second = client.submit("r", [{"command": "true", "queue": "pushed"}] * 2)["job_ids"].values()
+        with server.engine.begin() as conn:
+            worker = w.create(
+                conn, queue="pushed", harvester="h", provider="local", cores=1, memory_mb=None, now=0
+            )
+            assert push.reserve(conn, worker_id=worker, queue="pushed", cores=1, memory_mb=None, now=0) == [
+                first
+            ]
+        (urgent,) = client.submit("u", [{"command": "true", "queue": "pushed", "priority": 9}])[
+            "job_ids"
+        ].values()
+        sock.setsockopt(zmq.ROUTING_ID, b"push-pilot")
+        sock.connect(server.dispatcher.endpoint)
+
+        def send(op, **body):
+            sock.send(protocol.encode({"tok": TOKEN, "op": op, **body}))
+
+        def receive(op):
+            while sock.poll(10_000):
+                message = protocol.decode(sock.recv())
+                if message["op"] == op:
+                    return message
+            raise AssertionError(f"no {op!r} message")
+
+        send("register", queue="pushed", cores=2, worker_id=worker)
+        receive("registered")
+        send("request", want={"n": 2, "cores": 2})
+        handed = [job["id"] for job in receive("jobs")["jobs"]]
+        assert handed == [first, urgent]  # its own job first, then the queue's by priority
+        assert rows(server, s.jobs)[second - 1]["status"] == "ready"  # left for whoever asks next
+        assert rows(server, s.workers)[0]["pilot_id"] is not None
+    finally:
+        sock.close(0)
+        server.stop()

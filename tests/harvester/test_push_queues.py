@@ -268,3 +268,38 @@ def test_a_reservation_survives_a_harvester_restart_and_still_goes_to_its_pilot(
     pilot = register_pilot(engine, worker)
     with engine.begin() as conn:
         assert [j["id"] for j in push.take(conn, pilot_id=pilot, n=4, now=time.time())] == ids
+
+
+# ---------------------------------------------------------------- migration 0005
+
+
+def test_the_migrated_schema_matches_the_tables_the_code_uses(engine):
+    from alembic.autogenerate import compare_metadata
+    from alembic.migration import MigrationContext
+
+    with engine.connect() as conn:
+        diffs = compare_metadata(MigrationContext.configure(conn), s.metadata)
+    # The expression index ix_jobs_dispatch (priority DESC) never reflects identically.
+    assert [d for d in diffs if "ix_jobs_dispatch" not in str(d)] == []
+
+
+def test_going_down_to_0004_gives_reserved_jobs_back_to_any_pilot(engine, tmp_path, fake_provider):
+    from alembic import command
+    from sqlalchemy import inspect
+
+    from pandaflow.server.db import _alembic_config
+
+    queues, broker = queue_set(engine, push_queue(max_workers=1))
+    submit_jobs(engine, broker, 2)
+    harvester(engine, tmp_path, queues).cycle()
+    cfg = _alembic_config(engine.url.render_as_string(hide_password=False))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0004")
+    with engine.connect() as conn:
+        assert "worker_id" not in {c["name"] for c in inspect(conn).get_columns("jobs")}
+        assert set(conn.execute(select(s.jobs.c.status)).scalars()) == {"ready"}
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "head")
+    assert {(r["status"], r["worker_id"]) for r in jobs_by_id(engine).values()} == {("ready", None)}

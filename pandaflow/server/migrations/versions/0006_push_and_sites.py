@@ -34,8 +34,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     # A reserved job has no meaning without push queues: it waits for any pilot again.
     op.execute("UPDATE jobs SET status='ready' WHERE status='reserved'")
-    with op.batch_alter_table("workflows", schema=None) as batch_op:
-        batch_op.drop_column("sites")
     op.drop_index("ix_jobs_worker", table_name="jobs")
-    with op.batch_alter_table("jobs", schema=None) as batch_op:
-        batch_op.drop_column("worker_id")
+    # Plain DROP COLUMNs (SQLite >= 3.35): a batch copy of these tables could not drop them while
+    # other tables' rows refer to them.
+    op.drop_column("workflows", "sites")
+    op.drop_column("jobs", "worker_id")
