@@ -17,7 +17,8 @@ Keys (``name`` is required, the rest have the defaults shown in :class:`Queue`):
 ``cores``           the most cores one job may ask for
 ``max_walltime_s``  the longest walltime one job may ask for (0: unlimited)
 ``status``          ``online`` (takes new jobs) or ``offline``
-``mode``            ``pull`` (pilots ask for jobs) or ``push`` (jobs assigned to workers)
+``mode``            ``pull`` (pilots ask for jobs) or ``push`` (the harvester reserves jobs for
+                    each worker it submits, :mod:`pandaflow.server.push`)
 ``brokerage``       ``true``: the broker may send jobs here; ``false``: only jobs naming it
 ``description``     free text
 
@@ -41,7 +42,8 @@ Keys for the harvester, which keeps pilots alive on queues that name a ``provide
                         and marked missing; workers waiting in a batch queue are not timed out
                         (default 600)
 ``worker_workdir``      where pilots make their work directories (default: the harvester's)
-``share``               the queue's share of its site's work, a weight (default 1)
+``share``               informational, not read by the broker (default 1): a workflow's shares
+                        over sites come with the workflow (:mod:`pandaflow.server.sites`)
 ``preemptible``         its nodes may be taken away (spot/preemptible VMs) (default false)
 ``batch_queue``         the site's name for the batch queue or partition behind it (free text)
 
