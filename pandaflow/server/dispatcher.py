@@ -96,6 +96,8 @@ class Dispatcher:
         self.pilot_of: dict[bytes, tuple[int, str]] = {}
         self.maybe_ready: set[str] = set(broker.queues)
         self.push_queues = {q.name for q in broker.queues.values() if q.mode == "push"}
+        # Push-queue pilots that asked for work this turn: jobs may be reserved for their worker.
+        self.push_due: set[bytes] = set()
         self.book = submission.WorkflowBook()
         self._next_sweep = time.time() + self.heartbeat_interval
         self.stats = defaultdict(int)
@@ -374,8 +376,9 @@ class Dispatcher:
             return
         self.waiting[identity] = Standing(pilot[0], pilot[1], n, want.get("cores"), want.get("memory_mb"))
         if pilot[1] in self.push_queues:
-            # Jobs may be reserved for its worker (by a harvester, unseen here): look this turn.
-            self.maybe_ready.add(pilot[1])
+            # A harvester (unseen here) may have reserved jobs for its worker: look this turn,
+            # whatever other pilots of the queue found.
+            self.push_due.add(identity)
 
     def _op_heartbeat(self, conn, identity, msg, now, outbox, notify, beats) -> None:
         pilot = self._pilot(conn, identity, outbox)
@@ -462,23 +465,22 @@ class Dispatcher:
         self.maybe_ready |= done.requeued
 
     def _assign(self, conn, now: float, outbox) -> None:
+        self._serve_reserved(conn, now, outbox)
         if not self.waiting or not self.maybe_ready:
             return
         for identity, want in list(self.waiting.items()):
             if want.queue not in self.maybe_ready:
                 continue
-            jobs = self._reserved(conn, want, now)
-            if len(jobs) < want.n:
-                jobs += assignment.assign(
-                    conn,
-                    pilot_id=want.pilot_id,
-                    queue=want.queue,
-                    n=want.n - len(jobs),
-                    cores=want.cores,
-                    memory_mb=want.memory_mb,
-                    now=now,
-                    payload_cache=self.payloads,
-                )
+            jobs = assignment.assign(
+                conn,
+                pilot_id=want.pilot_id,
+                queue=want.queue,
+                n=want.n,
+                cores=want.cores,
+                memory_mb=want.memory_mb,
+                now=now,
+                payload_cache=self.payloads,
+            )
             if len(jobs) < want.n:
                 self.maybe_ready.discard(want.queue)
             if jobs:
@@ -488,8 +490,18 @@ class Dispatcher:
             if want.n <= 0:
                 del self.waiting[identity]
 
-    def _reserved(self, conn, want: Standing, now: float) -> list[dict[str, Any]]:
-        """Push queues: the jobs reserved for the pilot's worker go first (pull queues: none)."""
-        if want.queue not in self.push_queues:
-            return []
-        return push.take(conn, pilot_id=want.pilot_id, n=want.n, now=now, payload_cache=self.payloads)
+    def _serve_reserved(self, conn, now: float, outbox) -> None:
+        """Push queues: a pilot that asked this turn gets the jobs reserved for its worker first,
+        whatever other pilots of the queue found; the usual pass then fills the rest of its slots."""
+        for identity in self.push_due:
+            want = self.waiting.get(identity)
+            if want is None:
+                continue
+            jobs = push.take(conn, pilot_id=want.pilot_id, n=want.n, now=now, payload_cache=self.payloads)
+            if jobs:
+                outbox.append((identity, {"op": "jobs", "jobs": jobs}))
+                self.stats["dispatched"] += len(jobs)
+                want.n -= len(jobs)
+            if want.n <= 0:
+                del self.waiting[identity]
+        self.push_due.clear()
