@@ -99,14 +99,16 @@ def take(
     picked = sql.maps(_RESERVED_FOR_PILOT + lock, (pilot_id, n))
     if not picked:
         return []
-    rows = []
-    columns: tuple[str, ...] = ()
+    taken = []
     for job in picked:
         values = transition(job, DISPATCHED, now, pilot_id=pilot_id)
-        columns = columns or tuple(values)
-        rows.append((*(values[c] for c in columns), job["id"]))
-        job["attempt"] = values["attempt"]
-    sql.many(update_sql("jobs", columns, ("id", f"status='{RESERVED}'")), rows)
+        statement = update_sql("jobs", tuple(values), ("id", f"status='{RESERVED}'"))
+        # One row at a time (a request is a few jobs): on SQLite the select above may have run
+        # before this transaction began, so a job released meanwhile must not be sent.
+        if sql.run(statement, (*values.values(), job["id"])).rowcount == 1:
+            job["attempt"] = values["attempt"]
+            taken.append(job)
+    picked = taken
     buffers: dict[int, bytes] = {}
     missing = []
     for job in picked:
