@@ -162,8 +162,8 @@ def test_invalid_yaml_is_reported_with_its_line(tmp_path):
 def test_a_document_that_is_not_a_mapping_is_refused(tmp_path):
     found = problems(tmp_path, "- a\n- b\n", name="dag.yaml")
     assert found == [
-        f"{tmp_path / 'dag.yaml'}: expected a mapping with name, owner, available, sites, site, tasks, clusters, "
-        "jobs, got a list"
+        f"{tmp_path / 'dag.yaml'}: expected a mapping with name, owner, available, sites, site, tasks, "
+        "clusters, jobs, got a list"
     ]
 
 

@@ -270,7 +270,7 @@ def test_a_reservation_survives_a_harvester_restart_and_still_goes_to_its_pilot(
         assert [j["id"] for j in push.take(conn, pilot_id=pilot, n=4, now=time.time())] == ids
 
 
-# ---------------------------------------------------------------- migration 0005
+# ---------------------------------------------------------------- migration 0006
 
 
 def test_the_migrated_schema_matches_the_tables_the_code_uses(engine):
@@ -283,7 +283,7 @@ def test_the_migrated_schema_matches_the_tables_the_code_uses(engine):
     assert [d for d in diffs if "ix_jobs_dispatch" not in str(d)] == []
 
 
-def test_going_down_to_0004_gives_reserved_jobs_back_to_any_pilot(engine, tmp_path, fake_provider):
+def test_going_down_to_0005_gives_reserved_jobs_back_to_any_pilot(engine, tmp_path, fake_provider):
     from alembic import command
     from sqlalchemy import inspect
 
@@ -295,7 +295,7 @@ def test_going_down_to_0004_gives_reserved_jobs_back_to_any_pilot(engine, tmp_pa
     cfg = _alembic_config(engine.url.render_as_string(hide_password=False))
     with engine.begin() as conn:
         cfg.attributes["connection"] = conn
-        command.downgrade(cfg, "0004")
+        command.downgrade(cfg, "0005")
     with engine.connect() as conn:
         assert "worker_id" not in {c["name"] for c in inspect(conn).get_columns("jobs")}
         assert set(conn.execute(select(s.jobs.c.status)).scalars()) == {"ready"}
