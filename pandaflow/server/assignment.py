@@ -50,6 +50,14 @@ def assign(
         updates.append((*(values[c] for c in columns), job["id"], job["attempt"]))
         job["attempt"] = values["attempt"]
     sql.many(update_sql("jobs", columns, ("id", "attempt", f"status='{READY}'")), updates)
+    return to_wire(sql, picked, payload_cache)
+
+
+def to_wire(
+    sql: Sql, picked: list[dict[str, Any]], payload_cache: MutableMapping[int, bytes] | None = None
+) -> list[dict[str, Any]]:
+    """The ``jobs`` message entries of dispatched jobs, with their function buffers (from
+    ``payload_cache`` where recent submissions left them, else read in one query)."""
     buffers: dict[int, bytes] = {}
     missing = []
     for j in picked:
@@ -60,12 +68,8 @@ def assign(
             else:
                 buffers[j["id"]] = buffer
     if missing:
-        buffers.update(
-            (job_id, bytes(buf))
-            for job_id, buf in sql.rows(
-                f"SELECT job_id, buffer FROM job_payloads WHERE job_id IN ({marks(len(missing))})", missing
-            )
-        )
+        query = f"SELECT job_id, buffer FROM job_payloads WHERE job_id IN ({marks(len(missing))})"
+        buffers.update((job_id, bytes(buf)) for job_id, buf in sql.rows(query, missing))
     return [
         {
             "id": j["id"],

@@ -483,12 +483,7 @@ class Dispatcher:
             )
             if len(jobs) < want.n:
                 self.maybe_ready.discard(want.queue)
-            if jobs:
-                outbox.append((identity, {"op": "jobs", "jobs": jobs}))
-                self.stats["dispatched"] += len(jobs)
-                want.n -= len(jobs)
-            if want.n <= 0:
-                del self.waiting[identity]
+            self._hand(identity, want, jobs, outbox)
 
     def _serve_reserved(self, conn, now: float, outbox) -> None:
         """Push queues: a pilot that asked this turn gets the jobs reserved for its worker first,
@@ -498,10 +493,14 @@ class Dispatcher:
             if want is None:
                 continue
             jobs = push.take(conn, pilot_id=want.pilot_id, n=want.n, now=now, payload_cache=self.payloads)
-            if jobs:
-                outbox.append((identity, {"op": "jobs", "jobs": jobs}))
-                self.stats["dispatched"] += len(jobs)
-                want.n -= len(jobs)
-            if want.n <= 0:
-                del self.waiting[identity]
+            self._hand(identity, want, jobs, outbox)
         self.push_due.clear()
+
+    def _hand(self, identity: bytes, want: Standing, jobs: list[dict[str, Any]], outbox) -> None:
+        """Send dispatched jobs to the pilot; its request stands for what is still wanted."""
+        if jobs:
+            outbox.append((identity, {"op": "jobs", "jobs": jobs}))
+            self.stats["dispatched"] += len(jobs)
+            want.n -= len(jobs)
+        if want.n <= 0:
+            del self.waiting[identity]

@@ -24,12 +24,12 @@ retry clears it (the next attempt is reserved afresh).
 
 from __future__ import annotations
 
-import json
 from collections.abc import MutableMapping
 from typing import Any
 
 from sqlalchemy import Connection
 
+from pandaflow.server import assignment
 from pandaflow.server.statements import Sql, marks, update_sql
 from pandaflow.server.states import DISPATCHED, READY, RESERVED, transition
 
@@ -108,33 +108,7 @@ def take(
         if sql.run(statement, (*values.values(), job["id"])).rowcount == 1:
             job["attempt"] = values["attempt"]
             taken.append(job)
-    picked = taken
-    buffers: dict[int, bytes] = {}
-    missing = []
-    for job in picked:
-        if job["kind"] == "python":
-            buffer = payload_cache.pop(job["id"], None) if payload_cache is not None else None
-            if buffer is None:
-                missing.append(job["id"])
-            else:
-                buffers[job["id"]] = buffer
-    if missing:
-        query = f"SELECT job_id, buffer FROM job_payloads WHERE job_id IN ({marks(len(missing))})"
-        buffers.update((job_id, bytes(buf)) for job_id, buf in sql.rows(query, missing))
-    return [
-        {
-            "id": j["id"],
-            "attempt": j["attempt"],
-            "kind": j["kind"],
-            "buffer": buffers.get(j["id"]),
-            "command": j["command"],
-            "env": json.loads(j["env"]) if j["env"] else None,
-            "cores": j["cores"],
-            "memory_mb": j["memory_mb"],
-            "walltime_s": j["walltime_s"],
-        }
-        for j in picked
-    ]
+    return assignment.to_wire(sql, taken, payload_cache)
 
 
 def release(conn: Connection, worker_ids: list[int], now: float) -> set[str]:
