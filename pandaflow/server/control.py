@@ -12,7 +12,7 @@ from pandaflow.pilot.errorcodes import ErrorCode
 from pandaflow.server import dag
 from pandaflow.server import schema as s
 from pandaflow.server.completion import note_pruned
-from pandaflow.server.statements import chunks
+from pandaflow.server.statements import chunks, claim_writes
 from pandaflow.server.states import ACTIVE_STATES, CANCELLED, FAILED, FINAL_STATES, PENDING, transition
 
 _J = s.jobs.c
@@ -80,6 +80,7 @@ def cancel(
 ) -> Changed:
     """Cancel every job named that has not ended; running ones are killed on their pilots."""
     out = Changed()
+    claim_writes(conn)
     moves = []
     ended: list[dict[str, Any]] = []  # attempts that the cancellation ends
     for job in _select(conn, job_ids, workflow_id):
@@ -142,6 +143,7 @@ def retry(
     :func:`pandaflow.server.dag.revive`). A job runs again as soon as its inputs are available:
     those of a restarted workflow that were cancelled while waiting wait again."""
     out = Changed()
+    claim_writes(conn)
     moves = []
     for job in _select(conn, job_ids, workflow_id):
         if job["status"] not in (FAILED, CANCELLED):

@@ -154,9 +154,15 @@ def existing_products(
         return {}  # a new workflow: nothing to look up
     found: dict[str, tuple[int, str]] = {}
     wanted = sorted(names)
+    # PostgreSQL: a completion making one of these available (or missing) waits until this
+    # transaction has stored the jobs that read it, then counts them down; or this waits for it
+    # and reads the new status. Either way no consumer is left waiting for a product that exists.
+    # (SQLite: the caller holds the write lock, see statements.claim_writes.)
+    lock = " FOR SHARE" if sql.pg else ""
     for part in chunks(wanted, MAX_PARAMS - 1):
         for name, pid, status in sql.rows(
-            f"SELECT name, id, status FROM products WHERE workflow_id=? AND name IN ({marks(len(part))})",
+            f"SELECT name, id, status FROM products WHERE workflow_id=? AND name IN ({marks(len(part))})"
+            + lock,
             (workflow_id, *part),
         ):
             found[name] = (pid, status)

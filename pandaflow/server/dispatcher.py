@@ -26,6 +26,7 @@ from pandaflow import protocol
 from pandaflow.server import assignment, completion, pilots, push, submission, watchdog
 from pandaflow.server import schema as s
 from pandaflow.server.broker import Broker
+from pandaflow.server.statements import claim_writes
 from pandaflow.server.states import ACTIVE_STATES
 
 log = logging.getLogger(__name__)
@@ -232,6 +233,7 @@ class Dispatcher:
             raise
 
     def _apply_in(self, conn, batch, sweep: bool, outbox, notify, now: float) -> None:
+        claim_writes(conn)  # a turn reads jobs and products, then writes what follows from them
         beats: list[int] = []
         submits = [item for item in batch if item[1].get("op") == "submit"]
         if submits:

@@ -47,6 +47,21 @@ class Sql:
         return [dict(zip(names, row, strict=True)) for row in self.cur.fetchall()]
 
 
+def claim_writes(conn: Connection) -> None:
+    """Take SQLite's write lock now, at the start of a transaction that reads and then writes.
+
+    The sqlite3 module begins a transaction only at the first INSERT/UPDATE/DELETE, so the
+    reads before it see the database as committed at *their* time: a writer committing in
+    between (the dispatcher finishing a producer while a piece of its workflow is stored) is
+    missed, and a job waits for a product that became available unseen. With the lock taken
+    first, the transaction's reads are the latest and no one commits before it does. On
+    PostgreSQL the callers lock the rows they read instead (``FOR UPDATE``/``FOR SHARE``).
+    """
+    dbapi = conn.connection.dbapi_connection
+    if conn.dialect.name == "sqlite" and not dbapi.in_transaction:
+        dbapi.execute("BEGIN IMMEDIATE")
+
+
 @cache
 def _style(text: str, pg: bool) -> str:
     return text.replace("?", "%s") if pg else text

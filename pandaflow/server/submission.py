@@ -15,7 +15,7 @@ from sqlalchemy import Connection, insert, select
 from pandaflow.server import dag
 from pandaflow.server import schema as s
 from pandaflow.server.broker import Broker, BrokerageError
-from pandaflow.server.statements import MAX_PARAMS, Sql, chunks, insert_sql, marks
+from pandaflow.server.statements import MAX_PARAMS, Sql, chunks, claim_writes, insert_sql, marks
 from pandaflow.server.states import PENDING, PRUNED, READY
 
 MAX_ATTEMPTS_DEFAULT = 3
@@ -361,6 +361,7 @@ def store(
     earlier ones write; ``parents`` name jobs of the same piece).
     """
     now = time.time() if now is None else now
+    claim_writes(conn)  # the products read below must be those a concurrent completion left
     wid = workflow_id if workflow_id is not None else book.workflow(conn, workflow, client, owner, now)
     out = Submitted(workflow_id=wid)
     sql = Sql(conn)

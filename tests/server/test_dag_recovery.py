@@ -143,3 +143,35 @@ def test_a_job_reading_a_product_that_went_missing_is_stored_pruned(workload, ap
 def test_always_must_be_a_boolean(api):
     reply = api.post("/api/v1/workflows", json={"name": "w", "jobs": [{"command": "true", "always": "yes"}]})
     assert reply.status_code == 400 and "always must be true or false" in reply.json["error"]
+
+
+def test_a_piece_stored_while_its_producer_finishes_is_released(workload, engine, monkeypatch):
+    """The dispatcher may finish a producer while a later piece that reads its output is being
+    stored: whichever commits first, the consumer must not wait for ever."""
+    import threading
+    import time
+
+    from pandaflow.server import dag
+    from pandaflow.server.submission import WorkflowBook, store, validate
+
+    (a,) = workload.submit([{"name": "a", "outputs": ["x"]}])
+    pilot = workload.pilot()
+    workload.dispatch(pilot, SMALL)
+    with engine.connect() as conn:
+        wid = conn.execute(select(s.jobs.c.workflow_id).where(s.jobs.c.id == a)).scalar()
+    original = dag.existing_products
+    finisher = threading.Thread(target=workload.report, args=(a,))
+
+    def read_then_let_the_producer_finish(*args, **kwargs):
+        found = original(*args, **kwargs)
+        finisher.start()
+        time.sleep(0.5)  # long enough for the completion to commit, unless it must wait for us
+        return found
+
+    monkeypatch.setattr(dag, "existing_products", read_then_let_the_producer_finish)
+    clean = validate([{"name": "b", "command": "true", "inputs": ["x"]}], workload.broker)
+    with engine.begin() as conn:
+        stored = store(conn, clean, WorkflowBook(), workflow_id=wid)
+    finisher.join(30)
+    assert workload.status(a) == "finished"
+    assert workload.status(stored.ids[clean[0]["uid"]]) == "ready"
