@@ -14,7 +14,8 @@ Measures, against real ``pandaflow server`` processes on SQLite:
             already registered, running no-op shell commands (``--dispatch-jobs`` quanta of the
             isr -> characterizeImage -> calibrate chains): once with one job per quantum, once
             clustered (each visit x detector chain one payload, as bps's dimension clustering
-            makes it), in quanta/s;
+            makes it), in quanta/s; and once with protocol-level pilots that run nothing and
+            report at once, which measures the server's own release + dispatch + completion;
   vs parsl  the same DAG of ``--compare-jobs`` no-op commands (fan-ins included) run the way
             ctrl_bps_parsl runs a workflow, one parsl bash_app per job with its parents' futures
             as inputs on a HighThroughputExecutor with as many workers as the pilots have
@@ -266,6 +267,68 @@ def run_dag(jobs: list[dict], workdir: str, pilots: int, cores: int) -> tuple[in
         server.stop()
 
 
+def protocol_pilot(endpoint: str, slots: int, seconds: float) -> None:
+    """A pilot that runs nothing: it speaks the real protocol to the real server, asks for
+    ``slots`` jobs at a time and reports each as finished as soon as it arrives. It measures
+    what the server itself sustains (release, brokerage, dispatch, completion, all durable),
+    without the cost of starting processes on this same 2-core machine."""
+    import zmq
+
+    from pandaflow import protocol
+
+    sock = zmq.Context.instance().socket(zmq.DEALER)
+    sock.setsockopt(zmq.ROUTING_ID, f"load-{os.getpid()}".encode())
+    sock.connect(endpoint)
+
+    def send(message: dict) -> None:
+        sock.send(protocol.encode({**message, "tok": TOKEN}))
+
+    want = {"n": slots, "cores": 1, "memory_mb": None}
+    send({"op": "register", "queue": "local", "host": "load", "pid": os.getpid(), "cores": slots})
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if not sock.poll(1000):
+            continue
+        message = protocol.decode(sock.recv())
+        if message.get("op") == "registered":
+            send({"op": "request", "want": want})
+        elif message.get("op") == "jobs":
+            now = time.time()
+            outcomes = [{"id": j["id"], "attempt": j["attempt"], "ok": True, "error_code": 0, "exit_code": 0,
+                         "t0": now, "t1": now} for j in message["jobs"]]  # fmt: skip
+            send({"op": "results", "outcomes": outcomes, "want": want})
+    sock.close(0)
+
+
+def run_dag_protocol(jobs: list[dict], workdir: str, pilots: int, slots: int) -> tuple[int, float]:
+    """Like :func:`run_dag`, with :func:`protocol_pilot` processes instead of pilots."""
+    import multiprocessing
+
+    os.makedirs(workdir, exist_ok=True)
+    server = ServerProcess(workdir)
+    ctx = multiprocessing.get_context("spawn")
+    procs = [ctx.Process(target=protocol_pilot, args=(f"tcp://127.0.0.1:{server.zport}", slots, 600))
+             for _ in range(pilots)]  # fmt: skip
+    try:
+        for proc in procs:
+            proc.start()
+        while len(server.session.get(f"{server.url}/pilots", timeout=30).json()["pilots"]) < pilots:
+            time.sleep(0.1)
+        t0 = time.perf_counter()
+        wid, total, _ = ingest(server, iter(jobs), 10000)
+        while True:
+            counts = server.session.get(f"{server.url}/workflows/{wid}", timeout=30).json().get("counts", {})
+            if counts.get("finished", 0) >= total or time.perf_counter() - t0 > 1800:
+                break
+            time.sleep(0.05)
+        return counts.get("finished", 0), time.perf_counter() - t0
+    finally:
+        for proc in procs:
+            proc.terminate()
+            proc.join(10)
+        server.stop()
+
+
 def run_parsl(jobs: list[dict], workdir: str, workers: int) -> float:
     """The DAG as ctrl_bps_parsl runs it: one bash_app per job, its parents' futures as inputs,
     on a HighThroughputExecutor with ``workers`` workers; seconds from the first submission to
@@ -339,6 +402,9 @@ def main() -> int:
             ended, elapsed = run_dag(jobs_of(chains), f"{workdir}/d1", args.pilots, args.cores)
             print(f"dispatch: {quanta} no-op quanta, one job each: {elapsed:.1f} s, {quanta / elapsed:.0f} "
                   "quanta/s end to end")  # fmt: skip
+            ended, elapsed = run_dag_protocol(jobs_of(chains), f"{workdir}/d0", 4, 64)
+            print(f"dispatch: {quanta} quanta, one job each, to 4 protocol-level pilots that run nothing: "
+                  f"{elapsed:.1f} s, {ended / elapsed:.0f} jobs/s released, dispatched and recorded")
             merged = clustered(chains)
             ended, elapsed = run_dag(merged, f"{workdir}/d2", args.pilots, args.cores)
             rates = f"{quanta / elapsed:.0f} quanta/s end to end ({ended / elapsed:.0f} payloads/s)"
