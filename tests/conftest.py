@@ -87,6 +87,16 @@ class Workload:
         with self.engine.connect() as conn:
             return conn.execute(select(s.jobs.c.status).where(s.jobs.c.id == job_id)).scalar_one()
 
+    def statuses(self, job_ids: list[int]) -> list[str]:
+        return [self.status(job_id) for job_id in job_ids]
+
+    def run(self, pilot_id: int, job_id: int, ok: bool = True, queue: str = "small") -> None:
+        """Dispatch what is ready (the job among it) and report the job's outcome."""
+        if self.status(job_id) == "ready":
+            self.dispatch(pilot_id, queue)
+        assert self.status(job_id) == "dispatched", f"job {job_id} was not ready"
+        self.report(job_id, ok=ok, error_code=0 if ok else 1002)
+
 
 @pytest.fixture
 def db_url(tmp_path) -> str:

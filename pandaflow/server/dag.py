@@ -224,8 +224,7 @@ def release(conn: Connection, finished: list[int], now: float) -> tuple[list[int
     products = _products_of(sql, finished, PENDING_PRODUCT)
     if not products:
         return [], set()
-    for part in chunks(products):
-        sql.run(f"UPDATE products SET status='available' WHERE id IN ({marks(len(part))})", part)
+    _mark(sql, products, "available")
     counts: dict[int, int] = defaultdict(int)
     for part in chunks(products):
         for job_id, n in sql.rows(
@@ -275,8 +274,7 @@ def prune(
         products = _products_of(sql, frontier, PENDING_PRODUCT)
         if not products:
             break
-        for part in chunks(products):
-            sql.run(f"UPDATE products SET status='missing' WHERE id IN ({marks(len(part))})", part)
+        _mark(sql, products, "missing")
         victims: dict[int, dict[str, Any]] = {}
         skipped: dict[int, int] = defaultdict(int)  # 'always' job -> inputs that went missing
         for part in chunks(products):
@@ -320,8 +318,7 @@ def revive(conn: Connection, retried: list[int], now: float) -> list[int]:
         products = _products_of(sql, frontier, MISSING)
         if not products:
             break
-        for part in chunks(products):
-            sql.run(f"UPDATE products SET status='pending' WHERE id IN ({marks(len(part))})", part)
+        _mark(sql, products, "pending")
         candidates: dict[int, dict[str, Any]] = {}
         for part in chunks(products):
             for job in sql.maps(
@@ -387,6 +384,11 @@ def _count_down(sql: Sql, counts: dict[int, int], now: float) -> set[str]:
     zero. Returns the queues of the released jobs."""
     sql.many("UPDATE jobs SET n_unmet = n_unmet - ? WHERE id=?", [(n, i) for i, n in counts.items()])
     return release_waiting(sql.conn, list(counts), now)[1]
+
+
+def _mark(sql: Sql, products: list[int], status: str) -> None:
+    for part in chunks(products):
+        sql.run(f"UPDATE products SET status=? WHERE id IN ({marks(len(part))})", (status, *part))
 
 
 def _products_of(sql: Sql, job_ids: list[int], status: str | None = None) -> list[int]:

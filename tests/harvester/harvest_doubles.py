@@ -3,10 +3,12 @@ import it by a name no other test directory uses)."""
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from parsl.jobs.states import JobState, JobStatus
 
+from pandaflow.server import submission
 from pandaflow.server.app import sync_queues
 from pandaflow.server.broker import Broker
 from pandaflow.server.queues import parse_queues
@@ -71,3 +73,36 @@ def queue_set(engine, *entries: dict[str, Any]):
     queues = parse_queues(list(entries), "test queues")
     sync_queues(engine, queues)
     return queues, Broker(queues)
+
+
+def wait_until(predicate, timeout, what):
+    """Poll ``predicate`` until it returns something truthy (returned); fail after ``timeout`` s."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+def fake_queue(name="q", **kw):
+    """A queue description served by :class:`FakeProvider` (pull unless ``mode="push"``)."""
+    return {
+        "name": name,
+        "cores": 2,
+        "max_memory_mb": 4000,
+        "provider": {"name": "fake"},
+        "max_workers": 10,
+        **kw,
+    }
+
+
+def submit_jobs(engine, broker, n, queue="q", **fields):
+    """Store ``n`` ready shell jobs on ``queue``; returns their ids."""
+    jobs = [{"command": "true", "queue": queue, **fields} for _ in range(n)]
+    with engine.begin() as conn:
+        stored = submission.store(
+            conn, submission.validate(jobs, broker), submission.WorkflowBook(), workflow="wf"
+        )
+    return list(stored.ids.values())

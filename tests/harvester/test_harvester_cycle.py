@@ -4,7 +4,7 @@ accounting, submissions, following workers, scale-in, and failures that stay wit
 import time
 
 import pytest
-from harvest_doubles import queue_set
+from harvest_doubles import fake_queue, queue_set, submit_jobs
 from parsl.jobs.states import JobState
 from sqlalchemy import select
 
@@ -21,26 +21,6 @@ def engine(tmp_path):
     engine = open_database(f"sqlite:///{tmp_path / 'h.db'}")
     yield engine
     engine.dispose()
-
-
-def fake_queue(name="q", **kw):
-    return {
-        "name": name,
-        "cores": 2,
-        "max_memory_mb": 4000,
-        "provider": {"name": "fake"},
-        "max_workers": 10,
-        **kw,
-    }
-
-
-def submit_jobs(engine, broker, n, queue="q", **fields):
-    jobs = [{"command": "true", "queue": queue, **fields} for _ in range(n)]
-    with engine.begin() as conn:
-        stored = submission.store(
-            conn, submission.validate(jobs, broker), submission.WorkflowBook(), workflow="wf"
-        )
-    return list(stored.ids.values())
 
 
 def harvester(engine, tmp_path, queues, name="h1", **kw):

@@ -3,10 +3,10 @@ for ready jobs, the pilot registers with its worker id and runs them, and once i
 scaled in. Then the CLI shows the workers."""
 
 import json
-import time
 
 import pytest
 from click.testing import CliRunner
+from harvest_doubles import wait_until
 from sqlalchemy import select
 
 from pandaflow.cli import main
@@ -15,16 +15,6 @@ from pandaflow.server import schema as s
 from pandaflow.server.app import Server, ServerConfig
 
 TOKEN = "harvest-token"
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 @pytest.fixture

@@ -6,8 +6,8 @@ import json
 import shlex
 import subprocess
 import sys
-import time
 
+from harvest_doubles import wait_until
 from sqlalchemy import select
 
 from pandaflow.client import Client
@@ -16,16 +16,6 @@ from pandaflow.server import schema as s
 from pandaflow.server.app import Server, ServerConfig
 
 TOKEN = "push-token"
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def queue_file(tmp_path, **overrides):

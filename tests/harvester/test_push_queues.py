@@ -5,7 +5,7 @@ them, and a worker that ends without taking them gives them back."""
 import time
 
 import pytest
-from harvest_doubles import queue_set
+from harvest_doubles import fake_queue, queue_set, submit_jobs
 from parsl.jobs.states import JobState
 from sqlalchemy import select
 
@@ -13,7 +13,7 @@ from pandaflow.harvester import Harvester, HarvesterConfig, accounting
 from pandaflow.harvester import workers as w
 from pandaflow.harvester.policy import Limits
 from pandaflow.pilot.errorcodes import ErrorCode
-from pandaflow.server import assignment, completion, control, pilots, push, queries, submission
+from pandaflow.server import assignment, completion, control, pilots, push, queries
 from pandaflow.server import schema as s
 from pandaflow.server.db import open_database
 
@@ -26,24 +26,7 @@ def engine(any_db_url):
 
 
 def push_queue(name="q", **kw):
-    return {
-        "name": name,
-        "mode": "push",
-        "cores": 2,
-        "max_memory_mb": 4000,
-        "provider": {"name": "fake"},
-        "max_workers": 10,
-        **kw,
-    }
-
-
-def submit_jobs(engine, broker, n, queue="q", **fields):
-    jobs = [{"command": "true", "queue": queue, **fields} for _ in range(n)]
-    with engine.begin() as conn:
-        stored = submission.store(
-            conn, submission.validate(jobs, broker), submission.WorkflowBook(), workflow="wf"
-        )
-    return list(stored.ids.values())
+    return fake_queue(name, **{"mode": "push", **kw})
 
 
 def harvester(engine, tmp_path, queues, name="h1"):

@@ -5,9 +5,9 @@ idle pilot is cancelled with scancel. A submission Slurm refuses is visible on i
 import json
 import os
 import subprocess
-import time
 
 import pytest
+from harvest_doubles import wait_until
 from sqlalchemy import select
 
 from pandaflow.client import Client
@@ -31,16 +31,6 @@ def slurm_cluster():
     assert state.returncode == 0 and state.stdout.split()[0].startswith(("idle", "mixed")), (
         f"the test Slurm cluster is not usable: {state.stdout} {state.stderr}"
     )
-
-
-def wait_until(predicate, timeout, what):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
 
 
 def start_server(tmp_path, **queue):

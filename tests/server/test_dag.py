@@ -9,16 +9,6 @@ from pandaflow.server.submission import SubmissionError
 SMALL = "small"
 
 
-def states(workload, ids):
-    return [workload.status(i) for i in ids]
-
-
-def run(workload, pilot, job_id, ok=True):
-    """Dispatch what is ready (the job among it) and report the job's outcome."""
-    if workload.status(job_id) == "ready":
-        workload.dispatch(pilot, SMALL)
-    assert workload.status(job_id) == "dispatched", f"job {job_id} was not ready"
-    workload.report(job_id, ok=ok, error_code=0 if ok else 1002)
 
 
 def test_a_job_waits_until_every_input_is_written(workload):
@@ -26,11 +16,11 @@ def test_a_job_waits_until_every_input_is_written(workload):
         [{"name": "a", "outputs": ["raw"]}, {"name": "b", "inputs": ["raw"], "outputs": ["calexp"]},
          {"name": "c", "inputs": ["calexp", "raw"]}]
     )  # fmt: skip
-    assert states(workload, [a, b, c]) == ["ready", "pending", "pending"]
+    assert workload.statuses([a, b, c]) == ["ready", "pending", "pending"]
     pilot = workload.pilot()
-    run(workload, pilot, a)
-    assert states(workload, [b, c]) == ["ready", "pending"]
-    run(workload, pilot, b)
+    workload.run(pilot, a)
+    assert workload.statuses([b, c]) == ["ready", "pending"]
+    workload.run(pilot, b)
     assert workload.status(c) == "ready"
 
 
@@ -39,9 +29,9 @@ def test_parents_are_dependencies_without_named_products(workload):
         [{"name": "p1"}, {"name": "p2"}, {"name": "merge", "parents": ["p1", "p2"]}]
     )
     pilot = workload.pilot()
-    run(workload, pilot, p1)
+    workload.run(pilot, p1)
     assert workload.status(child) == "pending"
-    run(workload, pilot, p2)
+    workload.run(pilot, p2)
     assert workload.status(child) == "ready"
 
 
@@ -63,8 +53,8 @@ def test_a_producer_that_fails_for_good_prunes_everything_downstream(workload):
          {"name": "c", "inputs": ["y"]}, {"name": "independent"}]
     )  # fmt: skip
     pilot = workload.pilot()
-    run(workload, pilot, a, ok=False)
-    assert states(workload, [a, b, c]) == ["failed", "pruned", "pruned"]
+    workload.run(pilot, a, ok=False)
+    assert workload.statuses([a, b, c]) == ["failed", "pruned", "pruned"]
     assert workload.status(other) != "pruned"
 
 
@@ -72,8 +62,8 @@ def test_a_failed_attempt_that_will_be_retried_prunes_nothing(workload):
     a, b = workload.submit(
         [{"name": "a", "outputs": ["x"], "max_attempts": 2}, {"name": "b", "inputs": ["x"]}]
     )
-    run(workload, workload.pilot(), a, ok=False)
-    assert states(workload, [a, b]) == ["ready", "pending"]
+    workload.run(workload.pilot(), a, ok=False)
+    assert workload.statuses([a, b]) == ["ready", "pending"]
 
 
 def test_cancelling_a_producer_prunes_its_consumers(workload, engine):
@@ -82,7 +72,7 @@ def test_cancelling_a_producer_prunes_its_consumers(workload, engine):
     a, b = workload.submit([{"name": "a", "outputs": ["x"]}, {"name": "b", "inputs": ["x"]}])
     with engine.begin() as conn:
         control.cancel(conn, 1.0, job_ids=[a])
-    assert states(workload, [a, b]) == ["cancelled", "pruned"]
+    assert workload.statuses([a, b]) == ["cancelled", "pruned"]
 
 
 @pytest.mark.parametrize(
@@ -114,8 +104,8 @@ def test_release_at_scale_is_one_indexed_pass(workload):
         {"name": f"q{i}", "inputs": ["calib"]} for i in range(2000)
     ]
     ids = workload.submit(jobs)
-    run(workload, workload.pilot(), ids[0])
-    assert set(states(workload, ids[1:])) == {"ready"}
+    workload.run(workload.pilot(), ids[0])
+    assert set(workload.statuses(ids[1:])) == {"ready"}
 
 
 def test_the_rest_api_accepts_a_dag_with_available_inputs(api):

@@ -20,15 +20,6 @@ def db_url(request, tmp_path):
         yield from postgres_database()
 
 
-def states(workload, ids):
-    return [workload.status(i) for i in ids]
-
-
-def run(workload, pilot, job_id, ok=True):
-    if workload.status(job_id) == "ready":
-        workload.dispatch(pilot, SMALL)
-    assert workload.status(job_id) == "dispatched", f"job {job_id} was not ready"
-    workload.report(job_id, ok=ok, error_code=0 if ok else 1002)
 
 
 def retry(engine, **what):
@@ -49,17 +40,17 @@ def test_an_always_job_runs_after_its_inputs_succeeded(workload):
     a, b, c, side, final = diamond(workload)
     pilot = workload.pilot()
     for job in (a, side, b, c):
-        run(workload, pilot, job)
+        workload.run(pilot, job)
     assert workload.status(final) == "ready"
 
 
 def test_an_always_job_runs_after_a_failure_upstream_instead_of_being_pruned(workload):
     a, b, c, side, final = diamond(workload)
     pilot = workload.pilot()
-    run(workload, pilot, a, ok=False)
-    assert states(workload, [b, c]) == ["pruned", "pruned"]
+    workload.run(pilot, a, ok=False)
+    assert workload.statuses([b, c]) == ["pruned", "pruned"]
     assert workload.status(final) == "pending"  # 'side' has not ended yet
-    run(workload, pilot, side)
+    workload.run(pilot, side)
     assert workload.status(final) == "ready"
 
 
@@ -74,14 +65,14 @@ def test_an_always_job_is_cancelled_with_its_workflow(workload, engine):
 def test_retrying_a_failed_job_revives_what_it_pruned(workload, engine):
     a, b, c, side, final = diamond(workload)
     pilot = workload.pilot()
-    run(workload, pilot, a, ok=False)
+    workload.run(pilot, a, ok=False)
     changed = retry(engine, job_ids=[a])
     assert set(changed.job_ids) == {a, b, c}
-    assert states(workload, [a, b, c]) == ["ready", "pending", "pending"]
-    run(workload, pilot, a)
-    run(workload, pilot, b)
-    run(workload, pilot, c)
-    run(workload, pilot, side)
+    assert workload.statuses([a, b, c]) == ["ready", "pending", "pending"]
+    workload.run(pilot, a)
+    workload.run(pilot, b)
+    workload.run(pilot, c)
+    workload.run(pilot, side)
     assert workload.status(final) == "ready"
 
 
@@ -91,10 +82,10 @@ def test_a_pruned_job_with_another_missing_input_stays_pruned(workload, engine):
          {"name": "other", "outputs": ["y"], "max_attempts": 1}, {"name": "both", "inputs": ["x", "y"]}]
     )  # fmt: skip
     pilot = workload.pilot()
-    run(workload, pilot, a, ok=False)
-    run(workload, pilot, other, ok=False)
+    workload.run(pilot, a, ok=False)
+    workload.run(pilot, other, ok=False)
     retry(engine, job_ids=[a])
-    assert states(workload, [a, both]) == ["ready", "pruned"]
+    assert workload.statuses([a, both]) == ["ready", "pruned"]
     retry(engine, job_ids=[other])
     assert workload.status(both) == "pending"
 
@@ -102,16 +93,16 @@ def test_a_pruned_job_with_another_missing_input_stays_pruned(workload, engine):
 def test_an_always_job_that_ran_after_a_failure_runs_again_after_the_restart(workload, engine):
     a, b, c, side, final = diamond(workload)
     pilot = workload.pilot()
-    run(workload, pilot, a, ok=False)
-    run(workload, pilot, side)
-    run(workload, pilot, final)
+    workload.run(pilot, a, ok=False)
+    workload.run(pilot, side)
+    workload.run(pilot, final)
     assert workload.status(final) == "finished"
     with engine.begin() as conn:
         wid = conn.execute(select(s.jobs.c.workflow_id).where(s.jobs.c.id == a)).scalar()
     retry(engine, workflow_id=wid)
-    assert states(workload, [a, b, c, side, final]) == ["ready", "pending", "pending", "finished", "pending"]
+    assert workload.statuses([a, b, c, side, final]) == ["ready", "pending", "pending", "finished", "pending"]
     for job in (a, b, c):
-        run(workload, pilot, job)
+        workload.run(pilot, job)
     assert workload.status(final) == "ready"
 
 
@@ -122,7 +113,7 @@ def test_a_restart_after_cancelling_the_workflow_keeps_the_order_of_the_graph(wo
         control.cancel(conn, 1.0, workflow_id=wid)
     retry(engine, workflow_id=wid)
     # Only the roots may run; the others wait for their inputs again.
-    assert states(workload, [a, b, c, side, final]) == ["ready", "pending", "pending", "ready", "pending"]
+    assert workload.statuses([a, b, c, side, final]) == ["ready", "pending", "pending", "ready", "pending"]
 
 
 def test_a_job_reading_a_product_that_went_missing_is_stored_pruned(workload, api):
@@ -130,7 +121,7 @@ def test_a_job_reading_a_product_that_went_missing_is_stored_pruned(workload, ap
         {"name": "a", "command": "false", "outputs": ["x"], "max_attempts": 1}]})  # fmt: skip
     wid = first.json["workflow_id"]
     pilot = workload.pilot()
-    run(workload, pilot, first.json["job_ids"][next(iter(first.json["job_ids"]))], ok=False)
+    workload.run(pilot, first.json["job_ids"][next(iter(first.json["job_ids"]))], ok=False)
     second = api.post(f"/api/v1/workflows/{wid}/jobs", json={"jobs": [
         {"name": "b", "command": "true", "inputs": ["x"], "outputs": ["y"]},
         {"name": "c", "command": "true", "inputs": ["y"]},
