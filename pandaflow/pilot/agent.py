@@ -104,6 +104,10 @@ class Pilot:
         self.mean_runtime: float | None = None  # moving average of job run times (adaptive prefetch)
         self.results: list[dict[str, Any]] = []  # outcomes not yet sent (see _flush_results)
         self.results_since = 0.0
+        # Jobs started and not yet reported as such: the server must know promptly which jobs
+        # this pilot started, so that if it dies the others go back without costing an attempt.
+        self.starts: dict[int, tuple[int, float]] = {}  # job id -> (attempt, started at)
+        self.starts_since = 0.0
         self._ctx = zmq.Context.instance()
         self.sock = self._ctx.socket(zmq.DEALER)
         self.sock.setsockopt(zmq.ROUTING_ID, cfg.name.encode())
@@ -222,6 +226,8 @@ class Pilot:
                 wake_at = self.next_beat if self.registered else min(self.next_beat, next_register)
                 if self.results:
                     wake_at = min(wake_at, self.results_since + self.cfg.report_linger)
+                if self.starts:
+                    wake_at = min(wake_at, self.starts_since + self.cfg.report_linger)
                 timeout = max(0.0, wake_at - time.time())
                 events = dict(poller.poll(int(timeout * 1000) + 1))
                 if self.sock in events:
@@ -340,6 +346,9 @@ class Pilot:
                 return
             self.queued.popleft()
             self.runner.submit(head)
+            if not self.starts:
+                self.starts_since = time.time()
+            self.starts[head.job_id] = (head.attempt, time.time())
 
     def _refuse(self, payload: Payload, diag: str) -> None:
         now = time.time()
@@ -365,6 +374,10 @@ class Pilot:
                 self.mean_runtime = ran if self.mean_runtime is None else 0.9 * self.mean_runtime + 0.1 * ran
         if not self.results:
             self.results_since = now
+        for o in outcomes:
+            start = self.starts.get(o.job_id)
+            if start is not None and start[0] == o.attempt:
+                del self.starts[o.job_id]  # its outcome says it started
         self.results.extend(_wire(o) for o in outcomes)
         self.done += len(outcomes)
         self.last_activity = now
@@ -374,9 +387,11 @@ class Pilot:
         """Send the queued outcomes in one message when nothing else is running (so a lone task's
         result goes at once), when the oldest has waited ``report_linger``, or when many wait:
         short jobs then share messages, and the server one transaction, instead of one each."""
-        if not self.results:
-            return
         now = time.time()
+        if not self.results:
+            if self.starts and (force or now - self.starts_since >= self.cfg.report_linger):
+                self.send({"op": "started", "jobs": self._take_starts()})
+            return
         if not (
             force
             or not self.runner.held()
@@ -384,11 +399,18 @@ class Pilot:
             or len(self.results) >= _RESULTS_PER_MESSAGE
         ):
             return
+        if self.starts:
+            self.send({"op": "started", "jobs": self._take_starts()})
         wire, self.results = self.results, []
         for w in wire:
             self.unacked[(w["id"], w["attempt"])] = (now, w)
         for i in range(0, len(wire), _RESULTS_PER_MESSAGE):
             self.send({"op": "results", "outcomes": wire[i : i + _RESULTS_PER_MESSAGE], "want": self.want()})
+
+    def _take_starts(self) -> list[list[Any]]:
+        started = [[job_id, attempt, round(t, 3)] for job_id, (attempt, t) in self.starts.items()]
+        self.starts = {}
+        return started
 
     def _resend(self, now: float) -> None:
         stale = [w for (t, w) in self.unacked.values() if now - t >= _RESEND_AFTER]
@@ -425,21 +447,11 @@ class Pilot:
             len(self.queued),
         )
         self.send({"op": "request", "want": {"n": 0}})
-        outcomes = self.runner.stop()
-        now = time.time()
-        for payload in self.queued:
-            outcomes.append(
-                Outcome(
-                    job_id=payload.job_id,
-                    attempt=payload.attempt,
-                    ok=False,
-                    error_code=int(ErrorCode.PILOT_TERMINATED),
-                    error_diag="pilot terminated before the job started",
-                    started_at=now,
-                    ended_at=now,
-                )
-            )
+        # Jobs not started go back to the server at once, their attempt unspent.
+        if self.queued:
+            self.send({"op": "returned", "jobs": [[p.job_id, p.attempt] for p in self.queued]})
         self.queued.clear()
+        outcomes = self.runner.stop()
         self._report(outcomes)
         self._flush_results(force=True)
         deadline = time.time() + 5.0

@@ -9,8 +9,8 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from pandaflow.server.statements import Sql, marks, update_sql
-from pandaflow.server.states import DISPATCHED, READY, transition
+from pandaflow.server import states
+from pandaflow.server.statements import Sql, marks
 
 _UNLIMITED = 1 << 40
 _SELECT_READY = (
@@ -42,15 +42,8 @@ def assign(
     picked = sql.maps(_SELECT_READY + lock, (queue, cores or _UNLIMITED, memory_mb or _UNLIMITED, n))
     if not picked:
         return []
-    updates = []
-    columns: tuple[str, ...] = ()
-    for job in picked:
-        values = transition(job, DISPATCHED, now, pilot_id=pilot_id)
-        columns = columns or tuple(values)
-        updates.append((*(values[c] for c in columns), job["id"], job["attempt"]))
-        job["attempt"] = values["attempt"]
-    sql.many(update_sql("jobs", columns, ("id", "attempt", f"status='{READY}'")), updates)
-    return to_wire(sql, picked, payload_cache)
+    moved = states.apply(conn, "dispatch", picked, now, pilot_id=pilot_id).moved
+    return to_wire(sql, moved, payload_cache)
 
 
 def to_wire(

@@ -12,42 +12,39 @@ from typing import Any
 from sqlalchemy import Connection, select
 
 from pandaflow.pilot.errorcodes import ErrorCode, describe, is_retryable
-from pandaflow.server import dag
+from pandaflow.server import dag, states
 from pandaflow.server import schema as s
 from pandaflow.server.broker import Broker, BrokerageError
-from pandaflow.server.statements import Sql, chunks, insert_sql, marks, update_sql
-from pandaflow.server.states import (
-    ACTIVE_STATES,
-    DISPATCHED,
-    FAILED,
-    FINAL_STATES,
-    FINISHED,
-    PRUNED,
-    READY,
-    RUNNING,
-    transition,
-)
+from pandaflow.server.statements import Sql, chunks, insert_sql, marks
+from pandaflow.server.states import ACTIVE_STATES, DISPATCHED, FAILED, FINAL_STATES, FINISHED, Effects
 
 _J = s.jobs.c
 _A = s.attempts.c
 _TAIL = 2048
+MAX_RETURNS = 5  # unstarted hand-backs of one job before losing its pilot counts an attempt
 
 
 @dataclass(slots=True)
 class Completed:
-    """What a batch of outcomes changed."""
+    """What a batch of outcomes changed: the follow-ups to send (``effects``) and counts."""
 
-    notify: dict[str, list[dict[str, Any]]] = field(
-        default_factory=lambda: defaultdict(list)
-    )  # client -> results
-    requeued: set[str] = field(default_factory=set)  # queues that got retried jobs back
+    effects: Effects = field(default_factory=Effects)
     final: int = 0
     retried: int = 0
+    returned: int = 0
     stale: int = 0
+
+    @property
+    def notify(self) -> dict[str, list[dict[str, Any]]]:
+        return self.effects.notify
+
+    @property
+    def requeued(self) -> set[str]:
+        return self.effects.queues
 
 
 def outcome(job_id: int, attempt: int, error_code: int, diag: str, **extra: Any) -> dict[str, Any]:
-    """A failure outcome produced by the server itself (watchdog, dispatch loss)."""
+    """A failure outcome produced by the server itself (watchdog)."""
     return {
         "id": job_id,
         "attempt": attempt,
@@ -65,18 +62,24 @@ _SELECT_ACTIVE = (
 )
 _ATTEMPT_COLUMNS = (
     "job_id", "attempt", "pilot_id", "queue", "status", "error_code", "error_diag", "exit_code",
-    "dispatched_at", "started_at", "ended_at", "max_rss_mb", "max_pss_mb", "memory_samples",
+    "dispatched_at", "started_at", "ended_at", "max_rss_mb", "max_pss_mb", "memory_samples", "memory_mb",
 )  # fmt: skip
 
 
 def record(
-    conn: Connection, outcomes: list[dict[str, Any]], now: float, broker: Broker | None = None
+    conn: Connection,
+    outcomes: list[dict[str, Any]],
+    now: float,
+    broker: Broker | None = None,
+    pilot_id: int | None = None,
 ) -> Completed:
     """Apply pilot outcomes (wire maps, see :mod:`pandaflow.protocol`) in the caller's transaction.
 
     Each outcome of the job's current attempt ends that attempt (one ``attempts`` row) and
     moves the job to finished, failed, or back to ready when the error is retryable and
-    attempts are left. Outcomes of an earlier attempt, or of a job that ended, are ignored.
+    attempts are left (after an out-of-memory kill with a larger memory request). Outcomes of
+    an earlier attempt, of a job that ended, or (with ``pilot_id``, the reporting pilot) of a
+    job another pilot holds now are ignored.
     """
     done = Completed()
     if not outcomes:
@@ -88,52 +91,61 @@ def record(
         query = _SELECT_ACTIVE.format(marks(len(part))) + (" FOR UPDATE" if sql.pg else "")
         jobs.update((row["id"], row) for row in sql.maps(query, part))
     moves: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    each: dict[int, dict[str, Any]] = {}
+    reasons: dict[int, str] = {}
     history: list[tuple] = []
-    results: list[tuple] = []
+    results: dict[int, tuple[bytes, bool]] = {}
     logs: list[tuple] = []
     for o in outcomes:
         job = jobs.get(o["id"])
-        if job is None or job["status"] not in ACTIVE_STATES or job["attempt"] != o.get("attempt"):
+        if (
+            job is None
+            or job["status"] not in ACTIVE_STATES
+            or job["attempt"] != o.get("attempt")
+            or (pilot_id is not None and job["pilot_id"] != pilot_id)
+            or job["id"] in each
+        ):
             done.stale += 1  # a late or duplicate report: the job moved on already
             continue
         code = int(o.get("error_code") or 0)
         diag = o.get("error_diag") or ("" if o.get("ok") else describe(code))
         retry: dict[str, Any] = {}
         if o.get("ok"):
-            new = FINISHED
+            event = "finish"
         elif not is_retryable(code) or job["attempt"] >= job["max_attempts"]:
-            new = FAILED
+            event = "fail"
         elif _exit_forbids_retry(job, code, o.get("exit_code")):
-            new = FAILED
+            event = "fail"
             diag = f"{diag} (exit code {o.get('exit_code')} is never retried)"
         else:
-            new = READY
+            event = "retry"
             retry, why_not = _retry_shape(job, code, broker)
             if why_not:
-                new = FAILED
+                event = "fail"
                 diag = f"{diag}; cannot retry: {why_not}"
-        if new == READY:
+        if event == "retry":
             grown = f" with {retry['memory_mb']} MB on {retry['queue']}" if retry.get("grown") else ""
             diag = f"attempt {job['attempt']} of {job['max_attempts']} failed, retrying{grown}: {diag}"
-            done.requeued.add(retry.get("queue", job["queue"]))
         tail = o.get("tail")
-        ctx = {
+        values = {
             "error_code": code,
             "error_diag": diag,
             "exit_code": o.get("exit_code"),
             "stdout_tail": tail[-_TAIL:] if tail is not None else job["stdout_tail"],
             "max_rss_mb": o.get("rss"),
             "max_pss_mb": o.get("pss"),
-            "started_at": o.get("t0") or job["started_at"],
-            "ended_at": o.get("t1") or now,
         }
-        if new == READY:
-            ctx["queue"] = retry.get("queue", job["queue"])
-            ctx["memory_mb"] = retry.get("memory_mb", job["memory_mb"])
-        values = transition(job, new, now, **ctx)
-        moves[new].append({"_id": job["id"], "_attempt": job["attempt"], **values})
-        job["status"] = new
-        samples = o.get("samples")
+        started = o.get("t0") or job["started_at"]
+        ended = o.get("t1") or now
+        if event == "retry":
+            values["queue"] = retry.get("queue", job["queue"])
+            values["memory_mb"] = retry.get("memory_mb", job["memory_mb"])
+        else:
+            values["started_at"] = started
+            values["ended_at"] = ended
+        each[job["id"]] = values
+        reasons[job["id"]] = "" if event == "finish" else f"error {code}: {diag}"
+        moves[event].append(job)
         samples = o.get("samples")
         history.append(
             (
@@ -146,43 +158,81 @@ def record(
                 o.get("error_diag") or "",
                 o.get("exit_code"),
                 job["dispatched_at"],
-                ctx["started_at"],
-                ctx["ended_at"],
+                started,
+                ended,
                 o.get("rss"),
                 o.get("pss"),
                 json.dumps(samples) if samples else None,
+                job["memory_mb"],
             )
         )
         if o.get("log"):
             logs.append((job["id"], job["attempt"], bytes(o["log"])))
-        if new == READY:
-            done.retried += 1
-            continue
-        done.final += 1
-        if o.get("result") is not None:
-            results.append((job["id"], bytes(o["result"]), bool(o.get("exc"))))
-        if job["client"]:
-            done.notify[job["client"]].append(
-                {
-                    "id": job["id"],
-                    "uid": job["uid"],
-                    "status": new,
-                    "error_code": code,
-                    "error_diag": diag,
-                    "result": o.get("result"),
-                    "exc": bool(o.get("exc")),
-                }
-            )
-    for rows in moves.values():
-        columns = tuple(k for k in rows[0] if not k.startswith("_"))
-        sql.many(
-            update_sql("jobs", columns, ("id", "attempt")),
-            [(*(r[c] for c in columns), r["_id"], r["_attempt"]) for r in rows],
-        )
+        if event != "retry" and o.get("result") is not None:
+            results[job["id"]] = (bytes(o["result"]), bool(o.get("exc")))
+    fx = done.effects
+    applied = [states.apply(conn, event, rows, now, each=each, reason=reasons, effects=fx)
+               for event, rows in moves.items()]  # fmt: skip
+    for change in applied:
+        for job_id, entry in change.entries.items():
+            if job_id in results:
+                entry["result"], entry["exc"] = results[job_id]
+        if change.event == "retry":
+            done.retried += len(change.moved)
+        else:
+            done.final += len(change.moved)
     sql.many(insert_sql("attempts", _ATTEMPT_COLUMNS), history)
-    sql.many(insert_sql("job_results", ("job_id", "result", "is_exception")), results)
+    sql.many(
+        insert_sql("job_results", ("job_id", "result", "is_exception")),
+        [(job_id, blob, exc) for job_id, (blob, exc) in results.items()],
+    )
     sql.many(insert_sql("job_logs", ("job_id", "attempt", "log")), logs)
-    follow_dependencies(conn, moves, now, done)
+    for change in applied:
+        dag.follow(conn, change, now, fx)
+    return done
+
+
+def held_by(conn: Connection, pilot_id: int, job_ids: list[int] | None = None) -> list[dict[str, Any]]:
+    """Jobs the pilot holds (dispatched or running), all or among ``job_ids``, locked for change."""
+    sql = Sql(conn)
+    lock = " FOR UPDATE" if sql.pg else ""
+    query = (
+        "SELECT id, uid, client, status, attempt, queue, pilot_id FROM jobs"
+        " WHERE pilot_id=? AND status IN ('dispatched','running')"
+    )
+    if job_ids is None:
+        return sql.maps(query + lock, (pilot_id,))
+    rows: list[dict[str, Any]] = []
+    for part in chunks(job_ids):
+        rows += sql.maps(f"{query} AND id IN ({marks(len(part))}){lock}", (pilot_id, *part))
+    return rows
+
+
+def give_back(conn: Connection, rows: list[dict[str, Any]], now: float, reason: str) -> Completed:
+    """Jobs dispatched to a pilot that never started them (the pilot was lost, drained, never
+    received them, or handed them to a free pilot) go back to their queue with the attempt
+    given back; a job given back :data:`MAX_RETURNS` times already counts the attempt this time
+    (a job that keeps losing its pilots must not circulate for ever). ``rows`` are jobs read in
+    this transaction (id, uid, status, attempt, queue, pilot_id, client)."""
+    done = Completed()
+    dispatched = [r for r in rows if r["status"] == DISPATCHED]
+    if not dispatched:
+        return done
+    counts = states.returns(conn, [r["id"] for r in dispatched])
+    back = [r for r in dispatched if counts.get(r["id"], 0) < MAX_RETURNS]
+    worn = [r for r in dispatched if counts.get(r["id"], 0) >= MAX_RETURNS]
+    applied = states.apply(conn, "return", back, now, reason=reason, effects=done.effects)
+    done.returned = len(applied.moved)
+    if worn:
+        failed = record(
+            conn,
+            [outcome(r["id"], r["attempt"], ErrorCode.LOST_IN_DISPATCH,
+                     f"{reason}; given back {MAX_RETURNS} times unstarted already") for r in worn],
+            now,
+        )  # fmt: skip
+        done.effects.merge(failed.effects)
+        done.final += failed.final
+        done.retried += failed.retried
     return done
 
 
@@ -194,11 +244,19 @@ def _exit_forbids_retry(job: dict[str, Any], code: int, exit_code: int | None) -
 
 
 def _retry_shape(job: dict[str, Any], code: int, broker: Broker | None) -> tuple[dict[str, Any], str]:
-    """Memory and queue of the next attempt: after an out-of-memory kill with a multiplier the
-    request grows (capped by memory_max_mb) and the job is re-brokered to a queue that holds it.
-    Returns (changes, why the job cannot be retried or "")."""
-    mult, mem = job.get("memory_multiplier"), job.get("memory_mb")
-    if code != ErrorCode.OUT_OF_MEMORY or not mult or mult <= 1 or not mem:
+    """Memory and queue of the next attempt. After an out-of-memory kill the request grows by the
+    job's ``memory_multiplier``, else its queue's (1: no escalation), capped by the job's
+    ``memory_max_mb``, else by the largest queue of its site that can hold it, and the job is
+    re-brokered to a queue that holds it, at its site if one can. Returns (changes, why the job
+    cannot be retried or "")."""
+    mem = job.get("memory_mb")
+    if code != ErrorCode.OUT_OF_MEMORY or not mem:
+        return {}, ""
+    current = broker.queues.get(job["queue"]) if broker is not None else None
+    mult = job.get("memory_multiplier")
+    if mult is None:
+        mult = current.memory_multiplier if current is not None else 1.0
+    if mult <= 1:
         return {}, ""
     cap = job.get("memory_max_mb")
     grown = math.ceil(mem * mult)
@@ -207,68 +265,69 @@ def _retry_shape(job: dict[str, Any], code: int, broker: Broker | None) -> tuple
     if grown <= mem:
         return {}, f"memory request {mem} MB is already at its maximum {cap} MB"
     changes: dict[str, Any] = {"memory_mb": grown, "queue": job["queue"], "grown": True}
-    if broker is not None:
-        current = broker.queues.get(job["queue"])
-        if current is None or current.refusal(grown, job["cores"], job["walltime_s"]):
-            # Stay at the job's site (its workflow may be pinned or spread there); leave it only
-            # when the site has no queue large enough, rather than fail the job.
-            site = current.site if current is not None else None
-            try:
-                changes["queue"] = broker.choose(grown, job["cores"], job["walltime_s"], site=site)
-            except BrokerageError:
-                try:
-                    changes["queue"] = broker.choose(grown, job["cores"], job["walltime_s"])
-                except BrokerageError as exc:
-                    return {}, str(exc)
-    return changes, ""
+    if broker is None or (
+        current is not None and not current.refusal(grown, job["cores"], job["walltime_s"])
+    ):
+        return changes, ""
+    # Stay at the job's site (its workflow may be pinned or spread there); leave it only when
+    # the site has no queue large enough, rather than fail the job.
+    site = current.site if current is not None else None
+    for where in [site, None] if site is not None else [None]:
+        room = _largest(broker, job, where)
+        if room is None or room <= mem:
+            continue
+        changes["memory_mb"] = min(grown, room)
+        try:
+            changes["queue"] = broker.choose(
+                changes["memory_mb"], job["cores"], job["walltime_s"], site=where
+            )
+        except BrokerageError:
+            continue
+        return changes, ""
+    largest = _largest(broker, job, None)
+    return {}, (
+        f"no queue can hold more than {mem} MB for this job (largest: {largest} MB)"
+        if largest
+        else "no queue can hold the job any more"
+    )
 
 
-def follow_dependencies(
-    conn: Connection, moves: dict[str, list[dict[str, Any]]], now: float, done: Completed
-) -> None:
-    """Release what finished jobs unblock and prune what failed jobs make impossible."""
-    finished = [m["_id"] for m in moves.get(FINISHED, ())]
-    if finished:
-        _released, queues = dag.release(conn, finished, now)
-        done.requeued |= queues
-    failed = [m["_id"] for m in moves.get(FAILED, ())]
-    if failed:
-        note_pruned(
-            done.notify,
-            dag.prune(
-                conn, failed, now, "an input can never exist: its producer failed", released=done.requeued
-            ),
-        )
+def _largest(broker: Broker, job: dict[str, Any], site: str | None) -> int | None:
+    """The most memory a queue (at ``site``) that takes the job's other needs can give."""
+    sizes = [
+        q.max_memory_mb
+        for q in broker.queues.values()
+        if q.online and q.brokerage and (site is None or q.site == site)
+        and q.refusal(q.max_memory_mb, job["cores"], job["walltime_s"]) is None
+    ]  # fmt: skip
+    return max(sizes) if sizes else None
 
 
-def note_pruned(notify: dict[str, list[dict[str, Any]]], pruned: list[dict[str, Any]]) -> None:
-    """Tell submitting clients that their pruned jobs will never run."""
-    for job in pruned:
-        if job.get("client"):
-            notify[job["client"]].append(
-                {"id": job["id"], "uid": job["uid"], "status": PRUNED, "error_code": 0,
-                 "error_diag": "pruned: an input can never exist", "result": None, "exc": False}
-            )  # fmt: skip
-
-
-def mark_running(conn: Connection, pilot_id: int, running: dict[int, float], now: float) -> int:
-    """Move jobs a pilot reports as running from dispatched to running."""
+def mark_running(
+    conn: Connection,
+    pilot_id: int,
+    running: dict[int, float],
+    now: float,
+    attempts: dict[int, int] | None = None,
+) -> int:
+    """Move jobs a pilot reports as started (``{job_id: started_at}``, and with ``attempts`` the
+    attempt it started) from dispatched to running."""
     if not running:
         return 0
     sql = Sql(conn)
-    ids = list(running)
-    rows = sql.maps(
-        f"SELECT id, status, attempt FROM jobs WHERE id IN ({marks(len(ids))}) AND pilot_id=? AND status=?",
-        (*ids, pilot_id, DISPATCHED),
-    )
-    moves = []
-    columns: tuple[str, ...] = ()
-    for job in rows:
-        values = transition(job, RUNNING, now, started_at=running[job["id"]])
-        columns = columns or tuple(values)
-        moves.append((*(values[c] for c in columns), job["id"], job["attempt"]))
-    sql.many(update_sql("jobs", columns, ("id", "attempt")), moves)
-    return len(moves)
+    moved = 0
+    lock = " FOR UPDATE" if sql.pg else ""
+    for part in chunks(list(running)):
+        rows = sql.maps(
+            f"SELECT id, status, attempt, pilot_id FROM jobs WHERE id IN ({marks(len(part))})"
+            f" AND pilot_id=? AND status=?{lock}",
+            (*part, pilot_id, DISPATCHED),
+        )
+        if attempts is not None:
+            rows = [r for r in rows if attempts.get(r["id"]) == r["attempt"]]
+        each = {r["id"]: {"started_at": float(running[r["id"]])} for r in rows}
+        moved += len(states.apply(conn, "start", rows, now, each=each).moved)
+    return moved
 
 
 def record_progress(conn: Connection, pilot_id: int, progress: dict[str, Any]) -> None:
@@ -309,14 +368,7 @@ def result_of(conn: Connection, uids: list[str]) -> tuple[list[dict[str, Any]], 
     )
     known = {r["uid"] for r in rows}
     results = [
-        {
-            "uid": r["uid"],
-            "status": r["status"],
-            "error_code": r["error_code"],
-            "error_diag": r["error_diag"],
-            "result": r["result"],
-            "exc": bool(r["is_exception"]),
-        }
+        states.result_entry(r, r["status"], r["error_code"], r["error_diag"], r["result"], r["is_exception"])
         for r in rows
         if r["status"] in FINAL_STATES
     ]

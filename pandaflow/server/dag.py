@@ -22,8 +22,9 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from pandaflow.server import states
 from pandaflow.server.statements import MAX_PARAMS, Sql, chunks, insert_sql, marks
-from pandaflow.server.states import PENDING, PRUNED, READY, transition
+from pandaflow.server.states import CANCELLED, FAILED, FINISHED, PENDING, Applied, Effects
 
 PENDING_PRODUCT, AVAILABLE, MISSING = "pending", "available", "missing"
 _PARENT = "@job:"  # pseudo-product a parent writes for each of its children
@@ -215,15 +216,28 @@ def store(
     sql.many(insert_sql("job_inputs", ("job_id", "product_id")), links)
 
 
-def release(conn: Connection, finished: list[int], now: float) -> tuple[list[int], set[str]]:
+def follow(conn: Connection, applied: Applied, now: float, effects: Effects) -> None:
+    """Run the dependency follow-ups of a state change: the outputs of jobs that finished become
+    available (releasing their consumers), those of jobs that failed or were cancelled missing
+    (pruning theirs)."""
+    if not applied.moved:
+        return
+    if applied.target == FINISHED:
+        release(conn, applied.ids, now, effects)
+    elif applied.target in (FAILED, CANCELLED):
+        verb = "failed" if applied.target == FAILED else "was cancelled"
+        prune(conn, applied.ids, now, f"an input can never exist: its producer {verb}", effects)
+
+
+def release(conn: Connection, finished: list[int], now: float, effects: Effects | None = None) -> list[int]:
     """Outputs of finished jobs become available; consumers with nothing left to wait for become
-    ready. Returns (released job ids, their queues)."""
+    ready. Returns the released job ids (their queues go to ``effects``)."""
     sql = Sql(conn)
     # Only products still pending: an 'always' job that runs again must not count its
     # consumers' inputs down twice.
     products = _products_of(sql, finished, PENDING_PRODUCT)
     if not products:
-        return [], set()
+        return []
     _mark(sql, products, "available")
     counts: dict[int, int] = defaultdict(int)
     for part in chunks(products):
@@ -234,40 +248,42 @@ def release(conn: Connection, finished: list[int], now: float) -> tuple[list[int
         ):
             counts[job_id] += n
     if not counts:
-        return [], set()
+        return []
     sql.many(
         "UPDATE jobs SET n_unmet = n_unmet - ? WHERE id=?", [(n, job_id) for job_id, n in counts.items()]
     )
-    return release_waiting(conn, list(counts), now)
+    return release_waiting(conn, list(counts), now, effects)
 
 
-def release_waiting(conn: Connection, job_ids: list[int], now: float) -> tuple[list[int], set[str]]:
+def release_waiting(
+    conn: Connection, job_ids: list[int], now: float, effects: Effects | None = None
+) -> list[int]:
     """Move the pending jobs among ``job_ids`` whose counter is down to zero to ready.
-    Returns (released job ids, their queues)."""
+    Returns the released job ids (their queues go to ``effects``)."""
     sql = Sql(conn)
-    released, queues, moves = [], set(), []
+    lock = " FOR UPDATE" if sql.pg else ""
+    released: list[int] = []
     for part in chunks(job_ids):
-        for job in sql.maps(
-            f"SELECT id, status, attempt, queue FROM jobs WHERE id IN ({marks(len(part))}) "
-            "AND n_unmet <= 0 AND status=?",
+        rows = sql.maps(
+            f"SELECT id, uid, client, status, attempt, queue FROM jobs WHERE id IN ({marks(len(part))}) "
+            f"AND n_unmet <= 0 AND status=?{lock}",
             (*part, PENDING),
-        ):
-            values = transition(job, READY, now)
-            moves.append((values["status"], values["updated_at"], job["id"]))
-            released.append(job["id"])
-            queues.add(job["queue"])
-    sql.many(f"UPDATE jobs SET status=?, updated_at=? WHERE id=? AND status='{PENDING}'", moves)
-    return released, queues
+        )
+        released.extend(states.apply(conn, "release", rows, now, effects=effects).ids)
+    return released
 
 
 def prune(
-    conn: Connection, ended: list[int], now: float, why: str, released: set[str] | None = None
+    conn: Connection, ended: list[int], now: float, why: str, effects: Effects | None = None
 ) -> list[dict[str, Any]]:
     """Outputs of jobs that ended without finishing become missing; every consumer still waiting
     is pruned, and so on downstream. A consumer that runs ``always`` is not pruned: the missing
-    input counts as met, and it is released once nothing else holds it (its queue is added to
-    ``released``). Returns the pruned jobs (id, uid, client)."""
+    input counts as met, and it is released once nothing else holds it. A held consumer is not
+    pruned either: it is when it is released (:func:`pandaflow.server.control.release`).
+    Returns the pruned jobs (id, uid, client); their clients' notifications and the queues of
+    released ``always`` jobs go to ``effects``."""
     sql = Sql(conn)
+    lock = " FOR UPDATE OF j" if sql.pg else ""
     pruned: list[dict[str, Any]] = []
     frontier = ended
     while frontier:
@@ -281,30 +297,23 @@ def prune(
             for job in sql.maps(
                 "SELECT j.id, j.uid, j.client, j.status, j.attempt, j.always FROM jobs j"
                 f" JOIN job_inputs i ON i.job_id=j.id WHERE i.product_id IN ({marks(len(part))})"
-                " AND j.status IN ('pending','ready','held')",
+                f" AND j.status IN ('pending','ready','held'){lock}",
                 part,
             ):
                 if job["always"]:
                     skipped[job["id"]] += 1
-                else:
+                elif job["status"] != states.HELD:
                     victims[job["id"]] = job
-        moves = []
-        for job in victims.values():
-            values = transition(job, PRUNED, now, error_diag=why)
-            moves.append(
-                (values["status"], values["error_diag"], values["updated_at"], job["id"], job["status"])
-            )
-        sql.many("UPDATE jobs SET status=?, error_diag=?, updated_at=? WHERE id=? AND status=?", moves)
+        moved = states.apply(conn, "prune", list(victims.values()), now, error_diag=why, reason=why,
+                             effects=effects).moved  # fmt: skip
         if skipped:
-            queues = _count_down(sql, skipped, now)
-            if released is not None:
-                released |= queues
-        pruned.extend(victims.values())
-        frontier = list(victims)
+            _count_down(sql, skipped, now, effects)
+        pruned.extend(moved)
+        frontier = [job["id"] for job in moved]
     return pruned
 
 
-def revive(conn: Connection, retried: list[int], now: float) -> list[int]:
+def revive(conn: Connection, retried: list[int], now: float, extra_attempts: int = 1) -> list[int]:
     """Undo what ``retried`` jobs' failure did downstream: their missing outputs are pending
     again, the jobs pruned for them wait again (unless another input is still missing), and so
     on; an ``always`` job that already ran after them runs again. Every job touched, the
@@ -340,14 +349,19 @@ def revive(conn: Connection, retried: list[int], now: float) -> list[int]:
                     part,
                 )
             )
-        moves = []
-        for job_id, job in candidates.items():
-            if job_id in blocked:
-                continue
-            values = transition(job, PENDING, now)
-            moves.append((values["status"], values["updated_at"], job_id, job["status"]))
-        sql.many("UPDATE jobs SET status=?, updated_at=? WHERE id=? AND status=?", moves)
-        frontier = [m[2] for m in moves]
+        frontier = []
+        for event, group in (
+            (
+                "revive",
+                [j for i, j in candidates.items() if i not in blocked and j["status"] == states.PRUNED],
+            ),
+            (
+                "rerun",
+                [j for i, j in candidates.items() if i not in blocked and j["status"] != states.PRUNED],
+            ),
+        ):
+            why = "an input it lacked is retried" if event == "revive" else "its inputs are re-run"
+            frontier += states.apply(conn, event, group, now, reason=why, extra_attempts=extra_attempts).ids
         revived.extend(frontier)
     # 'always' jobs still waiting counted the inputs that were missing as met: count again.
     waiting_always = []
@@ -379,11 +393,11 @@ def recount(conn: Connection, job_ids: list[int]) -> None:
         )
 
 
-def _count_down(sql: Sql, counts: dict[int, int], now: float) -> set[str]:
+def _count_down(sql: Sql, counts: dict[int, int], now: float, effects: Effects | None) -> None:
     """Lower the counters of ``always`` jobs by inputs that will never exist; release those at
-    zero. Returns the queues of the released jobs."""
+    zero."""
     sql.many("UPDATE jobs SET n_unmet = n_unmet - ? WHERE id=?", [(n, i) for i, n in counts.items()])
-    return release_waiting(sql.conn, list(counts), now)[1]
+    release_waiting(sql.conn, list(counts), now, effects)
 
 
 def _mark(sql: Sql, products: list[int], status: str) -> None:

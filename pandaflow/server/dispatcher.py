@@ -34,12 +34,14 @@ log = logging.getLogger(__name__)
 _OP_ORDER = {
     "register": 0,
     "submit": 1,
-    "results": 2,
-    "heartbeat": 3,
-    "sync": 4,
-    "ping": 5,
-    "request": 6,
-    "bye": 7,
+    "started": 2,
+    "returned": 3,
+    "results": 4,
+    "heartbeat": 5,
+    "sync": 6,
+    "ping": 7,
+    "request": 8,
+    "bye": 9,
 }
 _MAX_DRAIN = 4000
 _PAYLOAD_CACHE_BYTES = 256 << 20
@@ -353,7 +355,7 @@ class Dispatcher:
         if pilot is None:
             return
         outcomes = msg.get("outcomes") or []
-        done = completion.record(conn, outcomes, now, self.broker)
+        done = completion.record(conn, outcomes, now, self.broker, pilot_id=pilot[0])
         for client, results in done.notify.items():
             notify[client].extend(results)
         self.maybe_ready |= done.requeued
@@ -363,6 +365,35 @@ class Dispatcher:
         outbox.append((identity, {"op": "acked", "ids": [[o["id"], o.get("attempt")] for o in outcomes]}))
         self.stats["results"] += len(outcomes)
         self._want(identity, pilot, msg.get("want"))
+
+    def _op_started(self, conn, identity, msg, now, outbox, notify, beats) -> None:
+        """The pilot started these jobs (``[[id, attempt, started_at], ...]``): they are running."""
+        pilot = self._pilot(conn, identity, outbox)
+        if pilot is None:
+            return
+        started, attempts = {}, {}
+        for job_id, attempt, t0 in msg.get("jobs") or ():
+            started[int(job_id)] = float(t0)
+            attempts[int(job_id)] = int(attempt)
+        completion.mark_running(conn, pilot[0], started, now, attempts)
+        beats.append(pilot[0])
+
+    def _op_returned(self, conn, identity, msg, now, outbox, notify, beats) -> None:
+        """The pilot gives back jobs it never started (it is draining, or was asked to)."""
+        pilot = self._pilot(conn, identity, outbox)
+        if pilot is None:
+            return
+        wanted = {int(job_id): int(attempt) for job_id, attempt in msg.get("jobs") or ()}
+        rows = completion.held_by(conn, pilot[0], list(wanted))
+        rows = [r for r in rows if wanted.get(r["id"]) == r["attempt"]]
+        done = completion.give_back(conn, rows, now, f"pilot {pilot[0]} gave it back unstarted")
+        self._absorb(done, notify)
+        self._want(identity, pilot, msg.get("want"))
+
+    def _absorb(self, done: completion.Completed, notify) -> None:
+        for client, results in done.notify.items():
+            notify[client].extend(results)
+        self.maybe_ready |= done.requeued
 
     def _op_request(self, conn, identity, msg, now, outbox, notify, beats) -> None:
         pilot = self._pilot(conn, identity, outbox)
@@ -413,6 +444,9 @@ class Dispatcher:
         self.waiting.pop(identity, None)
         if pilot is not None:
             pilots.depart(conn, pilot[0], now)
+            # Whatever it still held (a report lost on the way): back to the queue if never
+            # started, else the attempt ended with the pilot.
+            self._absorb(watchdog.settle_departed(conn, pilot[0], now), notify)
 
     def _op_sync(self, conn, identity, msg, now, outbox, notify, beats) -> None:
         uids = [str(u) for u in msg.get("uids") or ()]

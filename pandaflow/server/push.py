@@ -29,9 +29,8 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from pandaflow.server import assignment
-from pandaflow.server.statements import Sql, marks, update_sql
-from pandaflow.server.states import DISPATCHED, READY, RESERVED, transition
+from pandaflow.server import assignment, states
+from pandaflow.server.statements import Sql, marks
 
 _UNLIMITED = 1 << 40
 _CANDIDATES = (
@@ -72,12 +71,7 @@ def reserve(
             free -= job["cores"]
             if free <= 0:
                 break
-    rows = []
-    for job in picked:
-        values = transition(job, RESERVED, now, worker_id=worker_id)
-        rows.append((values["status"], values["worker_id"], values["updated_at"], job["id"]))
-    sql.many(update_sql("jobs", ("status", "worker_id", "updated_at"), ("id", f"status='{READY}'")), rows)
-    return [job["id"] for job in picked]
+    return states.apply(conn, "reserve", picked, now, worker_id=worker_id, reason=f"worker {worker_id}").ids
 
 
 def take(
@@ -99,15 +93,9 @@ def take(
     picked = sql.maps(_RESERVED_FOR_PILOT + lock, (pilot_id, n))
     if not picked:
         return []
-    taken = []
-    for job in picked:
-        values = transition(job, DISPATCHED, now, pilot_id=pilot_id)
-        statement = update_sql("jobs", tuple(values), ("id", f"status='{RESERVED}'"))
-        # One row at a time (a request is a few jobs): on SQLite the select above may have run
-        # before this transaction began, so a job released meanwhile must not be sent.
-        if sql.run(statement, (*values.values(), job["id"])).rowcount == 1:
-            job["attempt"] = values["attempt"]
-            taken.append(job)
+    # Not strict: on SQLite the select above may have run before this transaction began, and the
+    # guarded update leaves out (and the pilot is not sent) a job released meanwhile.
+    taken = states.apply(conn, "dispatch", picked, now, pilot_id=pilot_id, strict=False).moved
     return assignment.to_wire(sql, taken, payload_cache)
 
 
@@ -121,12 +109,8 @@ def release(conn: Connection, worker_ids: list[int], now: float) -> set[str]:
     sql = Sql(conn)
     lock = " FOR UPDATE" if sql.pg else ""
     held = sql.maps(_RESERVED_FOR_WORKERS.format(marks(len(worker_ids))) + lock, list(worker_ids))
-    rows = []
-    for job in held:
-        values = transition(job, READY, now)
-        rows.append((values["status"], values["worker_id"], values["updated_at"], job["id"]))
-    sql.many(update_sql("jobs", ("status", "worker_id", "updated_at"), ("id", f"status='{RESERVED}'")), rows)
-    return {job["queue"] for job in held}
+    moved = states.apply(conn, "unreserve", held, now, strict=False, reason="its worker ended").moved
+    return {job["queue"] for job in moved}
 
 
 def reserved_cores(conn: Connection, queue: str) -> dict[int, tuple[int, int]]:

@@ -20,6 +20,10 @@ Keys (``name`` is required, the rest have the defaults shown in :class:`Queue`):
 ``mode``            ``pull`` (pilots ask for jobs) or ``push`` (the harvester reserves jobs for
                     each worker it submits, :mod:`pandaflow.server.push`)
 ``brokerage``       ``true``: the broker may send jobs here; ``false``: only jobs naming it
+``memory_multiplier`` a job killed for exceeding its memory is retried asking this many times
+                    as much (capped by the job's ``memory_max_mb``, else by the largest queue
+                    of its site) and re-brokered; 1 turns escalation off (default 2). A job's
+                    own ``memory_multiplier`` wins over the queue's.
 ``description``     free text
 
 Keys for the harvester, which keeps pilots alive on queues that name a ``provider`` (see
@@ -78,6 +82,7 @@ class Queue:
     status: str = "online"
     mode: str = "pull"
     brokerage: bool = True
+    memory_multiplier: float = 2.0
     description: str = ""
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -153,6 +158,7 @@ _FIELDS = {
     "status": str,
     "mode": str,
     "brokerage": bool,
+    "memory_multiplier": (int, float),
     "description": str,
 }
 _CHOICES = {"status": ("online", "offline"), "mode": ("pull", "push")}
@@ -207,6 +213,11 @@ def parse_queues(data: Any, source: str = "<queues>") -> list[Queue]:
             )
         if queue.cores < 1:
             raise QueueConfigError(f"{where}.cores: must be at least 1")
+        if not 1 <= queue.memory_multiplier <= 100:
+            raise QueueConfigError(
+                f"{where}.memory_multiplier: must be from 1 (no escalation) to 100, "
+                f"got {queue.memory_multiplier!r}"
+            )
         _check_workers(queue, where)
         found.append(queue)
     for warning in overlap_warnings(found, source):

@@ -150,7 +150,26 @@ attempts = Table(
     Column("max_rss_mb", Float, nullable=True),
     Column("max_pss_mb", Float, nullable=True),
     Column("memory_samples", Text, nullable=True),  # JSON [[t, rss, pss], ...]
+    Column("memory_mb", Integer, nullable=True),  # the memory request of this attempt (migration 0007)
     UniqueConstraint("job_id", "attempt"),
+)
+
+# The job history (migration 0007): one row per change of a job's state, appended by
+# pandaflow.server.states.apply in the transaction that makes the change. A job's creation is its
+# row in ``jobs`` (created_at, and the state it was stored in is the first event's from_status).
+job_events = Table(
+    "job_events",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("job_id", Integer, nullable=False),
+    Column("attempt", Integer, nullable=False),  # the attempt the event belongs to
+    Column("from_status", String(16), nullable=False),
+    Column("to_status", String(16), nullable=False),
+    Column("event", String(16), nullable=False),  # a key of states.TRANSITIONS
+    Column("at", Float, nullable=False),
+    Column("pilot_id", Integer, nullable=True),
+    Column("reason", Text, nullable=False, default=""),
+    Index("ix_job_events_job", "job_id", "id"),
 )
 
 job_logs = Table(

@@ -16,7 +16,7 @@ from pandaflow.server import dag
 from pandaflow.server import schema as s
 from pandaflow.server.broker import Broker, BrokerageError
 from pandaflow.server.statements import MAX_PARAMS, Sql, chunks, claim_writes, insert_sql, marks
-from pandaflow.server.states import PENDING, PRUNED, READY
+from pandaflow.server.states import PENDING, PRUNED, READY, Effects
 
 MAX_ATTEMPTS_DEFAULT = 3
 _JOB_COLUMNS = (
@@ -431,7 +431,9 @@ def store(
         dag.store(conn, wid, stored, available, products)
         doomed = [job_id for job_id, j in stored if waits.get(j["uid"], 0) < 0]
         if doomed:  # what they would have written can never exist either
-            dag.prune(conn, doomed, now, _PRUNED_AT_SUBMISSION, released=out.queues)
+            pruned = Effects()
+            dag.prune(conn, doomed, now, _PRUNED_AT_SUBMISSION, pruned)
+            out.queues |= pruned.queues
     blobs = []
     for row, buffer in zip(rows, payloads, strict=True):
         uid = row[0]

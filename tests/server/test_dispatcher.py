@@ -9,6 +9,7 @@ from sqlalchemy import select
 from pandaflow import protocol
 from pandaflow.pilot.errorcodes import ErrorCode
 from pandaflow.server import schema as s
+from pandaflow.server import states
 from pandaflow.server.app import Server, ServerConfig
 
 TOKEN = "secret-token"
@@ -175,7 +176,17 @@ def test_a_job_no_queue_can_hold_is_rejected_alone(server):
     assert ack["accepted"] == 1
 
 
-def test_a_silent_pilot_is_lost_and_its_job_retried_with_lost_heartbeat(server):
+def wait_for_status(server, job_id, status, timeout=10.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        row = job_row(server, job_id)
+        if row["status"] == status:
+            return row
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} is {row['status']}, not {status}, after {timeout} s")
+
+
+def test_a_silent_pilot_is_lost_and_its_running_job_retried_with_lost_heartbeat(server):
     client = Peer(server.dispatcher.endpoint, "client-5")
     pilot = Peer(server.dispatcher.endpoint, "pilot-5")
     pilot.send("register", queue="local", cores=1)
@@ -183,15 +194,29 @@ def test_a_silent_pilot_is_lost_and_its_job_retried_with_lost_heartbeat(server):
     pilot.send("request", want={"n": 1})
     client.send("submit", batch=1, jobs=[{"uid": "lh", "command": "sleep 100"}])
     job = pilot.recv("jobs")["jobs"][0]
+    pilot.send("heartbeat", known=[job["id"]], running={str(job["id"]): time.time()})
+    wait_for_status(server, job["id"], "running")
     pilot.close()  # the pilot dies: no more heartbeats
-    deadline = time.time() + 10
-    while time.time() < deadline:
-        row = job_row(server, job["id"])
-        if row["status"] == "ready":
-            break
-        time.sleep(0.2)
-    assert row["status"] == "ready" and row["error_code"] == ErrorCode.LOST_HEARTBEAT
+    row = wait_for_status(server, job["id"], "ready")
+    assert row["error_code"] == ErrorCode.LOST_HEARTBEAT and row["attempt"] == 1
     assert "retrying" in row["error_diag"]
+
+
+def test_a_lost_pilot_gives_back_the_attempt_of_a_job_it_never_started(server):
+    client = Peer(server.dispatcher.endpoint, "client-5b")
+    pilot = Peer(server.dispatcher.endpoint, "pilot-5b")
+    pilot.send("register", queue="local", cores=1)
+    pilot.recv("registered")
+    pilot.send("request", want={"n": 1})
+    client.send("submit", batch=1, jobs=[{"uid": "lb", "command": "sleep 100", "max_attempts": 1}])
+    job = pilot.recv("jobs")["jobs"][0]
+    assert job["attempt"] == 1
+    pilot.close()  # dies before it could start the job
+    row = wait_for_status(server, job["id"], "ready")
+    assert row["attempt"] == 0 and row["error_code"] == 0 and row["pilot_id"] is None
+    with server.engine.connect() as conn:
+        events = [(e["event"], e["reason"]) for e in states.history(conn, job["id"])]
+    assert events == [("dispatch", ""), ("return", "its pilot was lost before starting it")]
 
 
 def test_a_client_that_missed_results_gets_them_by_sync(server):

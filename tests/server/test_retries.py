@@ -77,10 +77,45 @@ def test_a_job_already_at_its_memory_maximum_fails_for_good(farm):
     assert row["status"] == "failed" and "already at its maximum" in row["error_diag"]
 
 
-def test_a_job_that_outgrows_every_queue_fails_saying_why(farm):
+def test_a_job_that_outgrows_every_queue_gets_the_largest_then_fails_saying_why(farm):
     job = submit(farm, memory_mb=16000, memory_multiplier=2.0)
     row = attempt_fails(farm, job, ErrorCode.OUT_OF_MEMORY)
-    assert row["status"] == "failed" and "no queue can hold a job with memory=32000 MB" in row["error_diag"]
+    assert (row["status"], row["memory_mb"], row["queue"]) == ("ready", 18432, "Rubin_Himem")
+    row = attempt_fails(farm, job, ErrorCode.OUT_OF_MEMORY)
+    assert row["status"] == "failed"
+    assert "no queue can hold more than 18432 MB for this job" in row["error_diag"]
+
+
+def test_a_job_without_a_multiplier_grows_by_its_queues(farm):
+    job = submit(farm, memory_mb=3000)  # the queues' default multiplier: 2
+    row = attempt_fails(farm, job, ErrorCode.OUT_OF_MEMORY)
+    assert (row["status"], row["memory_mb"], row["queue"]) == ("ready", 6000, "Rubin_Medium")
+
+
+def test_a_multiplier_of_one_turns_escalation_off(farm):
+    job = submit(farm, memory_mb=3000, memory_multiplier=1)
+    row = attempt_fails(farm, job, ErrorCode.OUT_OF_MEMORY)
+    assert (row["status"], row["memory_mb"], row["queue"]) == ("ready", 3000, "Rubin")
+
+
+def test_a_queue_multiplier_of_one_keeps_the_request(tmp_path):
+    engine = open_database(f"sqlite:///{tmp_path / 'q.db'}")
+    broker = Broker(parse_queues([{"name": "flat", "max_memory_mb": 9000, "memory_multiplier": 1}]))
+    job = submit((engine, broker), memory_mb=3000)
+    row = attempt_fails((engine, broker), job, ErrorCode.OUT_OF_MEMORY)
+    assert (row["status"], row["memory_mb"]) == ("ready", 3000)
+    engine.dispose()
+
+
+def test_each_attempt_records_the_memory_it_asked(farm):
+    job = submit(farm, memory_mb=3000)
+    attempt_fails(farm, job, ErrorCode.OUT_OF_MEMORY)
+    attempt_fails(farm, job, ErrorCode.OUT_OF_MEMORY)
+    with farm[0].connect() as conn:
+        asked = conn.execute(
+            select(s.attempts.c.memory_mb).where(s.attempts.c.job_id == job).order_by(s.attempts.c.attempt)
+        ).scalars().all()  # fmt: skip
+    assert asked == [3000, 6000]
 
 
 def test_every_attempt_is_recorded_with_the_queue_it_ran_on(farm):
