@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 
 import pytest
+from databases import postgres_database
 from sqlalchemy import select, update
 
 from pandaflow.server import schema as s
@@ -35,6 +36,25 @@ GIVEN = {
 }  # fmt: skip
 
 NOW = 100.0
+
+
+@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def db_url(request, tmp_path_factory):
+    """The guarded updates and the history run on both databases (one per module: every test
+    makes jobs of its own)."""
+    if request.param == "sqlite":
+        yield "sqlite:///" + str(tmp_path_factory.mktemp("states") / "t.db")
+    else:
+        yield from postgres_database()
+
+
+@pytest.fixture(scope="module")
+def engine(db_url):
+    from pandaflow.server.db import open_database
+
+    engine = open_database(db_url)
+    yield engine
+    engine.dispose()
 
 
 @pytest.fixture
