@@ -141,7 +141,8 @@ def test_a_revived_always_job_keeps_nothing_of_its_last_run(workload, engine):
     assert set(changed.job_ids) == {bad, final}
     row = job(engine, final)
     assert row["status"] == "pending"
-    assert (row["pilot_id"], row["ended_at"], row["started_at"], row["dispatched_at"]) == (None, None, None, None)
+    for column in ("pilot_id", "ended_at", "started_at", "dispatched_at", "exit_code"):
+        assert row[column] is None, column
     assert (row["error_code"], row["error_diag"], row["exit_code"]) == (0, "", None)
     assert row["attempt"] == 1 and row["max_attempts"] == 2
     workload.run(pilot, bad)
@@ -157,7 +158,8 @@ def test_every_change_is_in_the_job_history(workload, engine):
     workload.run(pilot, r, ok=False)
     act(engine, "retry", job_ids=[r])
     with engine.connect() as conn:
-        events = [(e["event"], e["from_status"], e["to_status"], e["attempt"]) for e in states.history(conn, r)]
+        history = states.history(conn, r)
+    events = [(e["event"], e["from_status"], e["to_status"], e["attempt"]) for e in history]
     assert events == [
         ("hold", "ready", "held", 0), ("unhold", "held", "pending", 0), ("release", "pending", "ready", 0),
         ("dispatch", "ready", "dispatched", 1), ("fail", "dispatched", "failed", 1),
