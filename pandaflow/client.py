@@ -174,15 +174,24 @@ class Client:
         """A workflow's jobs by task (label) and BPS state: the data of ``bps report``."""
         return self._json("GET", f"/workflows/{int(workflow_id)}/report")
 
-    def cancel_workflow(self, workflow_id: int) -> dict[str, Any]:
-        """Cancel every job of a workflow that has not ended."""
-        return self._json("POST", f"/workflows/{int(workflow_id)}/cancel")
+    def cancel_workflow(self, workflow_id: int, task: str | None = None) -> dict[str, Any]:
+        """Cancel every job of a workflow (or of one of its tasks) that has not ended."""
+        return self._json("POST", f"/workflows/{int(workflow_id)}/cancel", body=_drop_none({"task": task}))
 
-    def retry_workflow(self, workflow_id: int, extra_attempts: int = 1) -> dict[str, Any]:
-        """Retry every failed or cancelled job of a workflow."""
-        return self._json(
-            "POST", f"/workflows/{int(workflow_id)}/retry", body={"extra_attempts": extra_attempts}
-        )
+    def retry_workflow(
+        self, workflow_id: int, extra_attempts: int = 1, task: str | None = None
+    ) -> dict[str, Any]:
+        """Retry every failed or cancelled job of a workflow (or of one of its tasks)."""
+        body = _drop_none({"extra_attempts": extra_attempts, "task": task})
+        return self._json("POST", f"/workflows/{int(workflow_id)}/retry", body=body)
+
+    def hold_workflow(self, workflow_id: int, task: str | None = None) -> dict[str, Any]:
+        """Hold the waiting jobs of a workflow (or of one of its tasks): not dispatched, not pruned."""
+        return self._json("POST", f"/workflows/{int(workflow_id)}/hold", body=_drop_none({"task": task}))
+
+    def release_workflow(self, workflow_id: int, task: str | None = None) -> dict[str, Any]:
+        """Release the held jobs of a workflow (or of one of its tasks)."""
+        return self._json("POST", f"/workflows/{int(workflow_id)}/release", body=_drop_none({"task": task}))
 
     # ---------------------------------------------------------------- jobs
 
@@ -227,6 +236,18 @@ class Client:
     def retry_jobs(self, ids: Sequence[int], extra_attempts: int = 1) -> dict[str, Any]:
         """Retry failed or cancelled jobs by id."""
         return self._json("POST", "/jobs/retry", body={"ids": list(ids), "extra_attempts": extra_attempts})
+
+    def hold_jobs(self, ids: Sequence[int]) -> dict[str, Any]:
+        """Hold waiting jobs by id."""
+        return self._json("POST", "/jobs/hold", body={"ids": list(ids)})
+
+    def release_jobs(self, ids: Sequence[int]) -> dict[str, Any]:
+        """Release held jobs by id."""
+        return self._json("POST", "/jobs/release", body={"ids": list(ids)})
+
+    def job_events(self, job_id: int) -> dict[str, Any]:
+        """A job's timeline: its submission and every change of its state."""
+        return self._json("GET", f"/jobs/{int(job_id)}/events")
 
     def error_summary(self, workflow_id: int | None = None) -> dict[str, Any]:
         """Errors grouped by task and error code."""

@@ -45,7 +45,7 @@ class PilotConfig:
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)
     memory_mb: int | None = None
     workdir: str = "."
-    name: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
+    name: str | None = None  # default: host-pid; the identity adds a random suffix (see identity)
     idle_timeout: float = 0.0  # exit after this long with nothing to do (0: never)
     server_timeout: float = 600.0  # give up after this long without a word from the server (0: never)
     exit_with: int | None = None  # exit when this process (the one that started us) is gone
@@ -55,8 +55,13 @@ class PilotConfig:
     sample_interval: float = 1.0
     min_free_disk_mb: int = 100
     worker_id: int | None = None  # the harvester's worker this pilot runs in (sent at registration)
+    identity: str = field(init=False, default="")  # name plus a random suffix: unique per process
 
     def __post_init__(self) -> None:
+        # Every pilot process has an identity of its own, whatever its name: two pilots started
+        # with the same --name must never be taken for one (both would be handed its jobs).
+        base = self.name or f"{socket.gethostname()}-{os.getpid()}"
+        self.identity = f"{base}-{uuid.uuid4().hex[:8]}"
         if self.cores < 1:
             raise PilotError(f"--cores must be at least 1, got {self.cores}")
         if self.memory_mb is not None and self.memory_mb <= 0:
@@ -110,7 +115,7 @@ class Pilot:
         self.starts_since = 0.0
         self._ctx = zmq.Context.instance()
         self.sock = self._ctx.socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.ROUTING_ID, cfg.name.encode())
+        self.sock.setsockopt(zmq.ROUTING_ID, cfg.identity.encode())
         self.sock.setsockopt(zmq.LINGER, 2000)
         self.sock.setsockopt(zmq.SNDHWM, 0)
         self.sock.setsockopt(zmq.RCVHWM, 0)
@@ -135,14 +140,15 @@ class Pilot:
         return int(per_slot * self.cfg.cores)
 
     def want(self) -> dict[str, Any]:
+        """What the pilot asks for: ``n`` jobs in all, of which ``free`` would start at once (free
+        slots no queued job will take); the rest are prefetch, which the server hands out only
+        while no other pilot of the queue has a free slot, and may ask back (``reclaim``)."""
         if self.draining:
-            return {"n": 0}
+            return {"n": 0, "free": 0}
         held = len(self.queued) + self.runner.held()
-        return {
-            "n": max(0, self.cfg.cores + self.prefetch() - held),
-            "cores": self.cfg.cores,
-            "memory_mb": self.cfg.memory_mb,
-        }
+        free = max(0, self.runner.free_slots() - sum(p.cores for p in self.queued))
+        n = max(0, self.cfg.cores + self.prefetch() - held)
+        return {"n": n, "free": min(free, n), "cores": self.cfg.cores, "memory_mb": self.cfg.memory_mb}
 
     def register(self) -> None:
         self.send(
@@ -293,6 +299,8 @@ class Pilot:
             elif op == "kill":
                 for job_id in message.get("ids", ()):
                     self._kill(job_id)
+            elif op == "reclaim":
+                self._give_back(message.get("jobs") or ())
             elif op == "hb":
                 for job_id in message.get("kill", ()):
                     self._kill(job_id)
@@ -309,7 +317,10 @@ class Pilot:
                 )
                 # The server's interval rules from now on (its watchdog counts on it).
                 self.next_beat = min(self.next_beat, time.time() + self.cfg.heartbeat_interval)
-                log.info("registered as pilot %s on queue %s", message.get("pilot_id"), self.cfg.queue)
+                log.info(
+                    "registered as pilot %s (%s) on queue %s",
+                    message.get("pilot_id"), self.cfg.identity, self.cfg.queue,
+                )  # fmt: skip
                 self._resend(float("inf"))
                 self.send({"op": "request", "want": self.want()})
             elif op == "reregister":
@@ -319,6 +330,15 @@ class Pilot:
                 log.error("server: %s", message.get("message"))
                 if message.get("fatal") or "authentication" in str(message.get("message")):
                     return 3
+
+    def _give_back(self, wanted: Any) -> None:
+        """The server asks back jobs this pilot holds but has not started (another pilot of the
+        queue has a free slot): return those still queued; the others already run here."""
+        asked = {(int(job_id), int(attempt)) for job_id, attempt in wanted}
+        back = [p for p in self.queued if (p.job_id, p.attempt) in asked]
+        for payload in back:
+            self.queued.remove(payload)
+        self.send({"op": "returned", "jobs": [[p.job_id, p.attempt] for p in back], "want": self.want()})
 
     def _kill(self, job_id: int) -> None:
         for payload in list(self.queued):

@@ -1,4 +1,5 @@
-"""REST API ``/api/v1``: bulk submission, read queries, cancel/retry, and its OpenAPI document.
+"""REST API ``/api/v1``: bulk submission, read queries, cancel/retry/hold/release, job
+timelines, and its OpenAPI document.
 
 Every route needs ``Authorization: Bearer <token>``. Every answer is JSON (job logs are
 ``text/plain`` unless JSON is asked for), errors included: a user error is a 4xx
@@ -394,20 +395,29 @@ def workflow_report(workflow_id: int):
     return jsonify(_read(queries.report, workflow_id))
 
 
+_ACTIONS = {
+    "cancel": control.cancel,
+    "retry": control.retry,
+    "hold": control.hold,
+    "release": control.release,
+}
+
+
 def _control(
-    action: str, *, job_ids: list[int] | None = None, workflow_id: int | None = None, extra: int = 1
-):
-    """Cancel or retry in one transaction, then tell the dispatcher what changed."""
+    action: str, *, job_ids: list[int] | None = None, workflow_id: int | None = None, extra: int = 1,
+    task: str | None = None,
+):  # fmt: skip
+    """Cancel, retry, hold or release in one transaction, then tell the dispatcher what changed."""
     st = state()
     now = time.time()
+    options: dict[str, Any] = {"job_ids": job_ids, "workflow_id": workflow_id, "task": task}
+    if action == "retry":
+        options["extra"] = extra
     try:
         with st.engine.begin() as conn:
             if workflow_id is not None:
                 queries.require_workflow(conn, workflow_id)
-            if action == "cancel":
-                changed = control.cancel(conn, now, job_ids=job_ids, workflow_id=workflow_id)
-            else:
-                changed = control.retry(conn, now, job_ids=job_ids, workflow_id=workflow_id, extra=extra)
+            changed = _ACTIONS[action](conn, now, **options)
             names = {}
             if changed.kill:
                 names = dict(
@@ -429,18 +439,39 @@ def _control(
     return jsonify(action=action, changed=changed.job_ids, skipped=changed.skipped)
 
 
+def _task(body: dict) -> str | None:
+    task = body.get("task")
+    if task is not None and (not isinstance(task, str) or not task):
+        raise ApiError(400, "'task' must be the name of one of the workflow's tasks (labels)")
+    return task
+
+
 @api.post("/workflows/<int:workflow_id>/cancel")
 def cancel_workflow(workflow_id: int):
     _args()
-    _body(allow_empty=True)
-    return _control("cancel", workflow_id=workflow_id)
+    body = _body(optional=("task",), allow_empty=True)
+    return _control("cancel", workflow_id=workflow_id, task=_task(body))
 
 
 @api.post("/workflows/<int:workflow_id>/retry")
 def retry_workflow(workflow_id: int):
     _args()
-    body = _body(optional=("extra_attempts",), allow_empty=True)
-    return _control("retry", workflow_id=workflow_id, extra=_extra(body))
+    body = _body(optional=("extra_attempts", "task"), allow_empty=True)
+    return _control("retry", workflow_id=workflow_id, extra=_extra(body), task=_task(body))
+
+
+@api.post("/workflows/<int:workflow_id>/hold")
+def hold_workflow(workflow_id: int):
+    _args()
+    body = _body(optional=("task",), allow_empty=True)
+    return _control("hold", workflow_id=workflow_id, task=_task(body))
+
+
+@api.post("/workflows/<int:workflow_id>/release")
+def release_workflow(workflow_id: int):
+    _args()
+    body = _body(optional=("task",), allow_empty=True)
+    return _control("release", workflow_id=workflow_id, task=_task(body))
 
 
 # ---------------------------------------------------------------- tasks and jobs
@@ -492,6 +523,26 @@ def get_log(job_id: int):
     response.headers["X-Pandaflow-Attempt"] = str(found["attempt"])
     response.headers["X-Pandaflow-Log-Source"] = found["source"]
     return response
+
+
+@api.get("/jobs/<int:job_id>/events")
+def get_job_events(job_id: int):
+    _args()
+    return jsonify(_read(queries.job_events, job_id))
+
+
+@api.post("/jobs/hold")
+def hold_jobs():
+    _args()
+    body = _body(required=("ids",))
+    return _control("hold", job_ids=_ids(body))
+
+
+@api.post("/jobs/release")
+def release_jobs():
+    _args()
+    body = _body(required=("ids",))
+    return _control("release", job_ids=_ids(body))
 
 
 @api.post("/jobs/cancel")

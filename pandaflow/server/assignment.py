@@ -46,6 +46,27 @@ def assign(
     return to_wire(sql, moved, payload_cache)
 
 
+def prefetched(
+    conn: Connection,
+    *,
+    queue: str,
+    other_than: int,
+    n: int,
+    cores: int | None,
+    memory_mb: int | None,
+    before: float,
+) -> list[dict[str, Any]]:
+    """Jobs of ``queue`` dispatched before ``before`` to pilots other than ``other_than`` and not
+    reported started (held in prefetch), that a pilot of ``cores``/``memory_mb`` could run; the
+    most recently dispatched first (their pilot would run them last)."""
+    return Sql(conn).maps(
+        "SELECT id, attempt, pilot_id FROM jobs WHERE status='dispatched' AND queue=? AND pilot_id<>?"
+        " AND dispatched_at<? AND cores<=? AND (memory_mb IS NULL OR memory_mb<=?)"
+        " ORDER BY dispatched_at DESC, id DESC LIMIT ?",
+        (queue, other_than, before, cores or _UNLIMITED, memory_mb or _UNLIMITED, n),
+    )
+
+
 def to_wire(
     sql: Sql, picked: list[dict[str, Any]], payload_cache: MutableMapping[int, bytes] | None = None
 ) -> list[dict[str, Any]]:

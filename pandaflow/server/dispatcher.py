@@ -44,18 +44,31 @@ _OP_ORDER = {
     "bye": 9,
 }
 _MAX_DRAIN = 4000
+_RECLAIM_AFTER = 0.02  # a job dispatched this recently is on its way to start: not asked back
+_RECLAIM_PATIENCE = 5.0  # a job asked back this long ago without an answer may be asked again
 _PAYLOAD_CACHE_BYTES = 256 << 20
 
 
 @dataclass(slots=True)
 class Standing:
-    """A pilot's unfilled request for work."""
+    """A pilot's unfilled request for work: ``n`` jobs, of which ``free`` would start at once."""
 
     pilot_id: int
     queue: str
     n: int
     cores: int | None
     memory_mb: int | None
+    free: int = 0
+
+    def fits_within(self, cores: int | None, memory_mb: int | None) -> bool:
+        """True when every job this pilot can hold would also fit ``cores``/``memory_mb``."""
+        return _at_most(self.cores, cores) and _at_most(self.memory_mb, memory_mb)
+
+
+def _at_most(mine: int | None, other: int | None) -> bool:
+    if other is None:  # unlimited
+        return True
+    return mine is not None and mine <= other
 
 
 class Dispatcher:
@@ -98,6 +111,11 @@ class Dispatcher:
         self.waiting: dict[bytes, Standing] = {}
         self.pilot_of: dict[bytes, tuple[int, str]] = {}
         self.maybe_ready: set[str] = set(broker.queues)
+        # Per queue, the pilot shapes (cores, memory) that found nothing ready since the queue last
+        # got work: a pilot no larger than one of them is not asked again; a larger one is.
+        self.exhausted: dict[str, list[tuple[int | None, int | None]]] = defaultdict(list)
+        # Prefetched jobs asked back from their pilot for an idle one: job id -> time asked.
+        self.reclaiming: dict[int, float] = {}
         self.push_queues = {q.name for q in broker.queues.values() if q.mode == "push"}
         # Push-queue pilots that asked for work this turn: jobs may be reserved for their worker.
         self.push_due: set[bytes] = set()
@@ -346,7 +364,7 @@ class Dispatcher:
             stored = submission.store(
                 conn, clean, self.book, workflow=workflow, client=client, owner=owner, now=now, fresh=fresh
             )
-            self.maybe_ready |= stored.queues
+            self._ready(stored.queues)
             self._cache_payloads(stored.payloads)
             self.stats["submitted"] += len(clean)
 
@@ -358,7 +376,7 @@ class Dispatcher:
         done = completion.record(conn, outcomes, now, self.broker, pilot_id=pilot[0])
         for client, results in done.notify.items():
             notify[client].extend(results)
-        self.maybe_ready |= done.requeued
+        self._ready(done.requeued)
         ok = sum(1 for o in outcomes if o.get("ok"))
         done_ok, done_failed = self.pilot_counts.get(pilot[0], (0, 0))
         self.pilot_counts[pilot[0]] = (done_ok + ok, done_failed + len(outcomes) - ok)
@@ -384,6 +402,8 @@ class Dispatcher:
         if pilot is None:
             return
         wanted = {int(job_id): int(attempt) for job_id, attempt in msg.get("jobs") or ()}
+        for job_id in wanted:
+            self.reclaiming.pop(job_id, None)
         rows = completion.held_by(conn, pilot[0], list(wanted))
         rows = [r for r in rows if wanted.get(r["id"]) == r["attempt"]]
         done = completion.give_back(conn, rows, now, f"pilot {pilot[0]} gave it back unstarted")
@@ -393,7 +413,7 @@ class Dispatcher:
     def _absorb(self, done: completion.Completed, notify) -> None:
         for client, results in done.notify.items():
             notify[client].extend(results)
-        self.maybe_ready |= done.requeued
+        self._ready(done.requeued)
 
     def _op_request(self, conn, identity, msg, now, outbox, notify, beats) -> None:
         pilot = self._pilot(conn, identity, outbox)
@@ -407,11 +427,22 @@ class Dispatcher:
         if n <= 0:
             self.waiting.pop(identity, None)
             return
-        self.waiting[identity] = Standing(pilot[0], pilot[1], n, want.get("cores"), want.get("memory_mb"))
+        free = min(n, int(want.get("free", n) or 0))
+        standing = Standing(pilot[0], pilot[1], n, want.get("cores"), want.get("memory_mb"), free)
+        self.waiting[identity] = standing
+        if not any(standing.fits_within(c, m) for c, m in self.exhausted.get(pilot[1], ())):
+            self.maybe_ready.add(pilot[1])  # a pilot larger than those that found nothing: look again
         if pilot[1] in self.push_queues:
             # A harvester (unseen here) may have reserved jobs for its worker: look this turn,
             # whatever other pilots of the queue found.
             self.push_due.add(identity)
+
+    def _ready(self, queues) -> None:
+        """These queues got ready work: every waiting pilot of theirs is worth asking again."""
+        for queue in queues:
+            if queue:
+                self.maybe_ready.add(queue)
+                self.exhausted.pop(queue, None)
 
     def _op_heartbeat(self, conn, identity, msg, now, outbox, notify, beats) -> None:
         pilot = self._pilot(conn, identity, outbox)
@@ -429,7 +460,7 @@ class Dispatcher:
         done = watchdog.unacknowledged(conn, pilot_id, known, now - grace, now)
         for client, results in done.notify.items():
             notify[client].extend(results)
-        self.maybe_ready |= done.requeued
+        self._ready(done.requeued)
         kill = []
         if known:
             rows = conn.execute(
@@ -462,7 +493,7 @@ class Dispatcher:
     def _control(self, control: dict[str, Any], outbox, notify) -> None:
         kind = control.get("kind")
         if kind == "ready":
-            self.maybe_ready |= set(control.get("queues") or self.broker.queues)
+            self._ready(set(control.get("queues") or self.broker.queues))
         elif kind == "kill":
             for name, ids in (control.get("pilots") or {}).items():
                 outbox.append((name.encode(), {"op": "kill", "ids": ids}))
@@ -484,7 +515,8 @@ class Dispatcher:
         pilots.count_done(conn, self.pilot_counts)
         self.pilot_counts = {}
         # Periodically look again at every queue: a request filtered by size may have left work.
-        self.maybe_ready = set(self.broker.queues)
+        self._ready(self.broker.queues)
+        self.reclaiming = {j: t for j, t in self.reclaiming.items() if t > now - _RECLAIM_PATIENCE}
         lost, done = watchdog.sweep(conn, now, self.heartbeat_timeout)
         if lost:
             log.warning(
@@ -498,28 +530,69 @@ class Dispatcher:
                     self.waiting.pop(identity, None)
         for client, results in done.notify.items():
             notify[client].extend(results)
-        self.maybe_ready |= done.requeued
+        self._ready(done.requeued)
 
     def _assign(self, conn, now: float, outbox) -> None:
+        """Serve standing requests: first the free slots of every waiting pilot, then, with what
+        is left, their prefetch; a pilot no larger than one that found nothing is skipped. Then
+        ask back prefetched jobs for pilots that still have free slots."""
         self._serve_reserved(conn, now, outbox)
         if not self.waiting or not self.maybe_ready:
             return
-        for identity, want in list(self.waiting.items()):
-            if want.queue not in self.maybe_ready:
-                continue
-            jobs = assignment.assign(
-                conn,
-                pilot_id=want.pilot_id,
-                queue=want.queue,
-                n=want.n,
-                cores=want.cores,
-                memory_mb=want.memory_mb,
-                now=now,
-                payload_cache=self.payloads,
-            )
-            if len(jobs) < want.n:
-                self.maybe_ready.discard(want.queue)
-            self._hand(identity, want, jobs, outbox)
+        for prefetch in (False, True):
+            for identity, want in list(self.waiting.items()):
+                if want.queue not in self.maybe_ready:
+                    continue
+                n = want.n - want.free if prefetch else want.free
+                if n <= 0 or any(want.fits_within(c, m) for c, m in self.exhausted.get(want.queue, ())):
+                    continue
+                jobs = assignment.assign(
+                    conn,
+                    pilot_id=want.pilot_id,
+                    queue=want.queue,
+                    n=n,
+                    cores=want.cores,
+                    memory_mb=want.memory_mb,
+                    now=now,
+                    payload_cache=self.payloads,
+                )
+                if len(jobs) < n:
+                    self.exhausted[want.queue].append((want.cores, want.memory_mb))
+                self._hand(identity, want, jobs, outbox)
+        for queue in list(self.maybe_ready):
+            if all(
+                any(w.fits_within(c, m) for c, m in self.exhausted.get(queue, ()))
+                for w in self.waiting.values()
+                if w.queue == queue
+            ):
+                self.maybe_ready.discard(queue)  # nothing there for anyone waiting: until new work
+        self._reclaim(conn, now, outbox)
+
+    def _reclaim(self, conn, now: float, outbox) -> None:
+        """A pilot with free slots that found nothing ready: ask other pilots of its queue for
+        jobs they hold in prefetch (dispatched, not started), newest first. They give back what
+        they have not started (``returned``), and it goes to a free pilot."""
+        idle = [(identity, w) for identity, w in self.waiting.items() if w.free > 0]
+        if not idle:
+            return
+        names = {pilot_id: identity for identity, (pilot_id, _q) in self.pilot_of.items()}
+        for _identity, want in idle:
+            rows = assignment.prefetched(
+                conn, queue=want.queue, other_than=want.pilot_id, n=want.free + len(self.reclaiming),
+                cores=want.cores, memory_mb=want.memory_mb, before=now - _RECLAIM_AFTER,
+            )  # fmt: skip
+            asks: dict[bytes, list[list[int]]] = defaultdict(list)
+            for row in rows:
+                holder = names.get(row["pilot_id"])
+                if holder is None or row["id"] in self.reclaiming:
+                    continue
+                if sum(len(v) for v in asks.values()) >= want.free:
+                    break
+                asks[holder].append([row["id"], row["attempt"]])
+                self.reclaiming[row["id"]] = now
+            for holder, jobs in asks.items():
+                outbox.append((holder, {"op": "reclaim", "jobs": jobs}))
+                self.stats["reclaimed"] += len(jobs)
 
     def _serve_reserved(self, conn, now: float, outbox) -> None:
         """Push queues: a pilot that asked this turn gets the jobs reserved for its worker first,
@@ -538,5 +611,6 @@ class Dispatcher:
             outbox.append((identity, {"op": "jobs", "jobs": jobs}))
             self.stats["dispatched"] += len(jobs)
             want.n -= len(jobs)
+            want.free = max(0, want.free - len(jobs))
         if want.n <= 0:
             del self.waiting[identity]

@@ -432,13 +432,43 @@ _SCHEMAS: dict[str, Any] = {
         additionalProperties=False,
     ),
     "RetryOptions": _obj(
-        {"extra_attempts": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1}},
+        {
+            "extra_attempts": {"type": "integer", "minimum": 1, "maximum": 1000, "default": 1},
+            "task": {"type": "string", "minLength": 1, "description": "only the jobs of this task (label)"},
+        },
         required=[],
         additionalProperties=False,
     ),
+    "TaskOption": _obj(
+        {"task": {"type": "string", "minLength": 1, "description": "only the jobs of this task (label)"}},
+        required=[],
+        additionalProperties=False,
+    ),
+    "JobEvents": _obj(
+        {
+            "job_id": INT,
+            "status": JOB_STATE,
+            "events": {
+                "type": "array",
+                "items": _obj(
+                    {
+                        "at": _nullable("string"),
+                        "attempt": INT,
+                        "from": {"anyOf": [JOB_STATE, {"type": "null"}]},
+                        "to": JOB_STATE,
+                        "event": STR,
+                        "pilot_id": _nullable("integer"),
+                        "pilot": _nullable("string"),
+                        "reason": STR,
+                    }
+                ),
+                "description": "the submission, then every change of state, oldest first",
+            },
+        }
+    ),
     "ControlResult": _obj(
         {
-            "action": {"type": "string", "enum": ["cancel", "retry"]},
+            "action": {"type": "string", "enum": ["cancel", "retry", "hold", "release"]},
             "changed": {"type": "array", "items": INT, "description": "ids of jobs that changed state"},
             "skipped": {
                 "type": "array",
@@ -636,11 +666,37 @@ _PATHS: dict[str, Any] = {
     },
     "/workflows/{workflow_id}/cancel": {
         "post": _op(
-            "Cancel every job of a workflow that has not ended",
+            "Cancel every job of a workflow (or of one task) that has not ended",
             "cancelWorkflow",
             "workflows",
             _ok("ControlResult"),
             params=[WORKFLOW_ID],
+            body="TaskOption",
+            body_required=False,
+            not_found=True,
+        )  # fmt: skip
+    },
+    "/workflows/{workflow_id}/hold": {
+        "post": _op(
+            "Hold the waiting jobs of a workflow (or of one task): neither dispatched nor pruned",
+            "holdWorkflow",
+            "workflows",
+            _ok("ControlResult"),
+            params=[WORKFLOW_ID],
+            body="TaskOption",
+            body_required=False,
+            not_found=True,
+        )  # fmt: skip
+    },
+    "/workflows/{workflow_id}/release": {
+        "post": _op(
+            "Release the held jobs of a workflow (or of one task) to where they were",
+            "releaseWorkflow",
+            "workflows",
+            _ok("ControlResult"),
+            params=[WORKFLOW_ID],
+            body="TaskOption",
+            body_required=False,
             not_found=True,
         )  # fmt: skip
     },
@@ -726,6 +782,24 @@ _PATHS: dict[str, Any] = {
             ],
             not_found=True,
         )
+    },
+    "/jobs/{job_id}/events": {
+        "get": _op(
+            "A job's timeline: its submission and every change of its state",
+            "getJobEvents",
+            "jobs",
+            _ok("JobEvents"),
+            params=[JOB_ID],
+            not_found=True,
+        )  # fmt: skip
+    },
+    "/jobs/hold": {
+        "post": _op("Hold waiting jobs by id", "holdJobs", "jobs", _ok("ControlResult"), body="JobIds",
+                    not_found=True)  # fmt: skip
+    },
+    "/jobs/release": {
+        "post": _op("Release held jobs by id", "releaseJobs", "jobs", _ok("ControlResult"), body="JobIds",
+                    not_found=True)  # fmt: skip
     },
     "/jobs/cancel": {
         "post": _op(

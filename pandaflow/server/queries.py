@@ -408,11 +408,35 @@ def get_job(conn: Connection, job_id: int) -> dict[str, Any]:
             "max_rss_mb": a.max_rss_mb,
             "max_pss_mb": a.max_pss_mb,
             "memory_samples": _samples(a.memory_samples),
+            "memory_mb": a.memory_mb,
             "has_log": a.attempt in logged,
         }
         for a in history
     ]
     return job
+
+
+def job_events(conn: Connection, job_id: int) -> dict[str, Any]:
+    """The job's timeline: its submission (from the job row), then every change of its state in
+    order (``job_events``, written with each change), with the pilot and the reason."""
+    row = conn.execute(select(_J.id, _J.status, _J.created_at).where(_J.id == job_id)).first()
+    if row is None:
+        raise NotFound(f"no job {job_id}; list jobs with GET /jobs or `pandaflow jobs`")
+    logged = conn.execute(
+        select(s.job_events, _P.name.label("pilot"))
+        .select_from(s.job_events.outerjoin(s.pilots, _P.id == s.job_events.c.pilot_id))
+        .where(s.job_events.c.job_id == job_id)
+        .order_by(s.job_events.c.id)
+    ).all()
+    first = logged[0].from_status if logged else row.status
+    events = [{"at": iso(row.created_at), "attempt": 0, "from": None, "to": first, "event": "submit",
+               "pilot_id": None, "pilot": None, "reason": ""}]  # fmt: skip
+    events += [
+        {"at": iso(e.at), "attempt": e.attempt, "from": e.from_status, "to": e.to_status, "event": e.event,
+         "pilot_id": e.pilot_id, "pilot": e.pilot, "reason": e.reason}
+        for e in logged
+    ]  # fmt: skip
+    return {"job_id": job_id, "status": row.status, "events": events}
 
 
 def get_log(conn: Connection, job_id: int, attempt: int | None = None) -> dict[str, Any]:

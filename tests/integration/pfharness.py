@@ -270,10 +270,16 @@ class PilotProcess:
         return _tail(self.log_path)
 
 
+def named(identity: str, name: str) -> bool:
+    """True when a pilot's identity belongs to a pilot started with ``--name name`` (each
+    pilot process adds a random suffix of its own)."""
+    return identity.rsplit("-", 1)[0] == name
+
+
 def heartbeating(server: ServerProcess, name: str) -> bool:
     """True once the server has had a heartbeat from the pilot called ``name`` (not just its registration)."""
     for pilot in server.get("/pilots")["pilots"]:
-        if pilot["name"] == name:
+        if named(pilot["name"], name):
             return pilot["status"] == "active" and pilot["last_heartbeat_at"] > pilot["registered_at"]
     return False
 

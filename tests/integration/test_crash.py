@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from parsl import python_app
-from pfharness import attempts_of, connected, job_by_uid_prefix, jobs_of_task, wait_until
+from pfharness import named, attempts_of, connected, job_by_uid_prefix, jobs_of_task, wait_until
 from sqlalchemy import select
 
 from pandaflow.executors import PandaExecutor
@@ -41,19 +41,21 @@ def triple(i, seconds=0.02):
 
 
 def pilot_of_attempts(db, job_id):
-    """``{attempt: pilot name}`` for a job's ended attempts."""
+    """``{attempt: pilot --name}`` for a job's ended attempts (identities lose their suffix)."""
     with db.connect() as conn:
         rows = conn.execute(
             select(s.attempts.c.attempt, s.pilots.c.name)
             .select_from(s.attempts.join(s.pilots, s.pilots.c.id == s.attempts.c.pilot_id))
             .where(s.attempts.c.job_id == job_id)
         ).all()
-    return dict(rows)
+    return {attempt: name.rsplit("-", 1)[0] for attempt, name in rows}
 
 
 def pilot_status(db, name):
     with db.connect() as conn:
-        return conn.execute(select(s.pilots.c.status).where(s.pilots.c.name == name)).scalar_one()
+        rows = conn.execute(select(s.pilots.c.name, s.pilots.c.status)).all()
+    (status,) = [status for identity, status in rows if named(identity, name)]
+    return status
 
 
 def assert_each_task_finished_once(engine, client_id, n):

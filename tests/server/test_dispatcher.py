@@ -244,3 +244,89 @@ def test_unknown_ops_and_garbage_get_an_error_reply(server):
     assert "unknown op" in peer.recv("error")["message"]
     peer.sock.send(b"\xc1 not msgpack")
     assert "undecodable" in peer.recv("error")["message"]
+
+
+@pytest.fixture
+def slow_sweep_server(tmp_path):
+    """A server whose periodic rescan of the queues (every heartbeat interval) is too slow to
+    hide a request that was passed over."""
+    srv = Server(ServerConfig(db_url=f"sqlite:///{tmp_path / 'q.db'}", port=0, zmq_port=0, token=TOKEN,
+                              heartbeat_interval=30.0))  # fmt: skip
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def registered(server, name, cores):
+    peer = Peer(server.dispatcher.endpoint, name)
+    peer.send("register", queue="local", cores=cores)
+    peer.recv("registered")
+    return peer
+
+
+def received(peer, timeout=0.5):
+    """Every job the peer is sent within ``timeout`` seconds."""
+    jobs, deadline = [], time.time() + timeout
+    while time.time() < deadline:
+        if peer.sock.poll(50):
+            message = protocol.decode(peer.sock.recv())
+            if message["op"] == "jobs":
+                jobs += message["jobs"]
+    return jobs
+
+
+def test_a_pilot_that_can_hold_a_ready_job_gets_it_whatever_smaller_pilots_asked_before(slow_sweep_server):
+    server = slow_sweep_server
+    small = [registered(server, f"small-{i}", 1) for i in range(2)]
+    for peer in small:
+        peer.send("request", want={"n": 2, "free": 1, "cores": 1})
+    client = Peer(server.dispatcher.endpoint, "client-mixed")
+    client.send("submit", batch=1, jobs=[{"uid": f"two-{i}", "command": "true", "cores": 2} for i in range(2)])
+    client.recv("submitted")
+    assert [received(peer) for peer in small] == [[], []]
+    big = registered(server, "big", 2)
+    big.send("request", want={"n": 2, "free": 1, "cores": 2})
+    assert len(big.recv("jobs", timeout=2.0)["jobs"]) >= 1
+
+
+def test_free_slots_are_served_before_any_pilot_prefetches(slow_sweep_server):
+    server = slow_sweep_server
+    a, b = registered(server, "pf-a", 1), registered(server, "pf-b", 1)
+    a.send("request", want={"n": 5, "free": 1, "cores": 1})
+    b.send("request", want={"n": 5, "free": 1, "cores": 1})
+    client = Peer(server.dispatcher.endpoint, "client-pf")
+    client.send("submit", batch=1, jobs=[{"uid": f"pf-{i}", "command": "true"} for i in range(4)])
+    client.recv("submitted")
+    got_a, got_b = received(a), received(b)
+    assert len(got_a) + len(got_b) == 4 and got_a and got_b
+
+
+def test_a_pilot_with_a_free_slot_gets_a_job_another_pilot_holds_unstarted(slow_sweep_server):
+    server = slow_sweep_server
+    a = registered(server, "hoard-a", 1)
+    a.send("request", want={"n": 3, "free": 1, "cores": 1})
+    client = Peer(server.dispatcher.endpoint, "client-hoard")
+    client.send("submit", batch=1, jobs=[{"uid": f"h-{i}", "command": "sleep 5"} for i in range(3)])
+    client.recv("submitted")
+    held = received(a)
+    assert len(held) == 3
+    a.send("started", jobs=[[held[0]["id"], 1, time.time()]])
+    time.sleep(0.1)
+    b = registered(server, "hoard-b", 1)
+    b.send("request", want={"n": 1, "free": 1, "cores": 1})
+    asked = a.recv("reclaim", timeout=2.0)["jobs"]
+    assert len(asked) == 1 and asked[0][0] in {j["id"] for j in held[1:]}
+    a.send("returned", jobs=asked, want={"n": 0})
+    (moved,) = b.recv("jobs", timeout=2.0)["jobs"]
+    assert (moved["id"], moved["attempt"]) == (asked[0][0], 1)
+    with server.engine.connect() as conn:
+        events = [e["event"] for e in states.history(conn, moved["id"])]
+    assert events == ["dispatch", "return", "dispatch"]
+
+
+def test_pilots_given_the_same_name_get_identities_of_their_own():
+    from pandaflow.pilot.agent import PilotConfig
+
+    one, two = (PilotConfig(zmq_endpoint="tcp://x:1", token="t", name="node") for _ in range(2))
+    assert one.identity != two.identity
+    assert one.identity.startswith("node-") and two.identity.startswith("node-")
