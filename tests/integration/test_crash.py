@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from parsl import python_app
-from pfharness import named, attempts_of, connected, job_by_uid_prefix, jobs_of_task, wait_until
+from pfharness import attempts_of, connected, job_by_uid_prefix, jobs_of_task, named, wait_until
 from sqlalchemy import select
 
 from pandaflow.executors import PandaExecutor

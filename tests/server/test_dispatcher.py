@@ -281,7 +281,9 @@ def test_a_pilot_that_can_hold_a_ready_job_gets_it_whatever_smaller_pilots_asked
     for peer in small:
         peer.send("request", want={"n": 2, "free": 1, "cores": 1})
     client = Peer(server.dispatcher.endpoint, "client-mixed")
-    client.send("submit", batch=1, jobs=[{"uid": f"two-{i}", "command": "true", "cores": 2} for i in range(2)])
+    client.send(
+        "submit", batch=1, jobs=[{"uid": f"two-{i}", "command": "true", "cores": 2} for i in range(2)]
+    )
     client.recv("submitted")
     assert [received(peer) for peer in small] == [[], []]
     big = registered(server, "big", 2)
