@@ -5,7 +5,7 @@ from click.testing import CliRunner
 
 from pandaflow.cli import main
 from pandaflow.client import Client
-from pandaflow.pilot.errorcodes import ErrorCode
+from pandaflow.errorcodes import ErrorCode
 from pandaflow.server.app import Server, ServerConfig
 
 

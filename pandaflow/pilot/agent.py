@@ -19,8 +19,8 @@ import psutil
 import zmq
 
 from pandaflow import __version__, protocol
+from pandaflow.errorcodes import ErrorCode
 from pandaflow.pilot.envcheck import check_environment
-from pandaflow.pilot.errorcodes import ErrorCode
 from pandaflow.pilot.runner import Outcome, Payload, PayloadRunner
 
 log = logging.getLogger(__name__)

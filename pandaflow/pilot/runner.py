@@ -45,8 +45,8 @@ from typing import Any
 
 import psutil
 
+from pandaflow.errorcodes import ErrorCode, describe
 from pandaflow.pilot import monitor
-from pandaflow.pilot.errorcodes import ErrorCode, describe
 
 log = logging.getLogger(__name__)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, insert, select, update
 
-from pandaflow.pilot.errorcodes import ErrorCode
+from pandaflow.errorcodes import ErrorCode
 from pandaflow.server import dag
 from pandaflow.server import schema as s
 from pandaflow.server.completion import note_pruned

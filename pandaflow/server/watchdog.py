@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection, select
 
-from pandaflow.pilot.errorcodes import ErrorCode
+from pandaflow.errorcodes import ErrorCode
 from pandaflow.server import pilots
 from pandaflow.server import schema as s
 from pandaflow.server.completion import Completed, outcome, record

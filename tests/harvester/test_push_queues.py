@@ -9,10 +9,10 @@ from harvest_doubles import fake_queue, queue_set, submit_jobs
 from parsl.jobs.states import JobState
 from sqlalchemy import select
 
+from pandaflow.errorcodes import ErrorCode
 from pandaflow.harvester import Harvester, HarvesterConfig, accounting
 from pandaflow.harvester import workers as w
 from pandaflow.harvester.policy import Limits
-from pandaflow.pilot.errorcodes import ErrorCode
 from pandaflow.server import assignment, completion, control, pilots, push, queries
 from pandaflow.server import schema as s
 from pandaflow.server.db import open_database

@@ -10,8 +10,8 @@ from parsl import python_app
 from pfharness import attempts_of, connected, job_by_uid_prefix, jobs_of_task, wait_until
 from sqlalchemy import select
 
+from pandaflow.errorcodes import ErrorCode
 from pandaflow.executors import PandaExecutor
-from pandaflow.pilot.errorcodes import ErrorCode
 from pandaflow.server import schema as s
 from pandaflow.server.db import make_engine
 

@@ -7,7 +7,7 @@ import zmq
 from sqlalchemy import select
 
 from pandaflow import protocol
-from pandaflow.pilot.errorcodes import ErrorCode
+from pandaflow.errorcodes import ErrorCode
 from pandaflow.server import schema as s
 from pandaflow.server.app import Server, ServerConfig
 
