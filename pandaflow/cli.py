@@ -152,20 +152,20 @@ def server(db_url, host, port, zmq_port, queues_file, token_file, heartbeat_inte
 def pilot(server_url, zmq_endpoint, queue, cores, memory_mb, workdir, name, idle_timeout, prefetch,
           server_timeout, exit_with, token_file, worker_id, verbose) -> None:  # fmt: skip
     """Run a pilot that pulls jobs from a server and runs them."""
-    from pandaflow.pilot.agent import Pilot, PilotConfig, PilotError, discover
+    from pandaflow.client import ClientError, discover
+    from pandaflow.pilot.agent import Pilot, PilotConfig, PilotError
 
     _logging(verbose)
     token = pf_config.load_token(None, token_file)
     if not token:
         raise click.ClickException("no token: set PANDAFLOW_TOKEN or pass --token-file")
     if zmq_endpoint is None:
-        info = pf_config.server_info()
-        server_url = server_url or (info or {}).get("url")
+        server_url = pf_config.server_url(server_url)
         if not server_url:
             raise click.ClickException("give --server URL (or --zmq ENDPOINT)")
         try:
             zmq_endpoint = discover(server_url, token)
-        except PilotError as exc:
+        except ClientError as exc:
             raise click.ClickException(str(exc)) from None
     try:
         cfg = PilotConfig(zmq_endpoint=zmq_endpoint, token=token, queue=queue,
@@ -239,7 +239,7 @@ def _client():
     from pandaflow.client import Client
 
     st = _settings()
-    url = st.server_url or (pf_config.server_info() or {}).get("url")
+    url = pf_config.server_url(st.server_url)
     if not url:
         raise click.ClickException(
             "no server known: pass --server URL or set PANDAFLOW_SERVER, start one with `pandaflow server`, "
@@ -780,8 +780,8 @@ def harvester(db_url, server_url, zmq_endpoint, token_file, workdir, name, inter
     import signal
     import threading
 
+    from pandaflow.client import ClientError, discover
     from pandaflow.harvester import Harvester, HarvesterConfig
-    from pandaflow.pilot.agent import PilotError, discover
     from pandaflow.server.queues import QueueConfigError, load_queues
 
     _logging(verbose)
@@ -790,12 +790,12 @@ def harvester(db_url, server_url, zmq_endpoint, token_file, workdir, name, inter
     if not token:
         raise click.ClickException("no token: pass --token-file, --token, or set PANDAFLOW_TOKEN")
     if zmq_endpoint is None:
-        url = server_url or _settings().server_url or (pf_config.server_info() or {}).get("url")
+        url = pf_config.server_url(server_url or _settings().server_url)
         if not url:
             raise click.ClickException("give --server URL (or --zmq ENDPOINT) so pilots can find the server")
         try:
             zmq_endpoint = discover(url, token)
-        except PilotError as exc:
+        except ClientError as exc:
             raise click.ClickException(str(exc)) from None
     try:
         queues = load_queues(queues_file) if queues_file else None
