@@ -7,8 +7,7 @@ import pytest
 import requests
 from click.testing import CliRunner
 
-from pandaflow import cli
-from pandaflow.cli import main
+from pandaflow.cli import dags, main, sources
 from pandaflow.client import Client
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "configs" / "dags"
@@ -53,7 +52,7 @@ class FlaskSession:
 @pytest.fixture
 def server(api, monkeypatch):
     """The CLI talks to the test app (the `api` fixture) through its real REST client."""
-    monkeypatch.setattr(cli, "_client", lambda: Client("http://test", "t", session=FlaskSession(api)))
+    monkeypatch.setattr(sources, "client", lambda: Client("http://test", "t", session=FlaskSession(api)))
     return api
 
 
@@ -262,7 +261,7 @@ def test_the_report_table_has_the_bps_layout():
             {"label": "isr", "counts": dict(zip(HEADER, [1, 0, 0, 1, 0, 0, 1, 0, 0, 3], strict=True))},
         ],
     }
-    assert cli._bps_report_text(data) == "\n".join(
+    assert dags._bps_report_text(data) == "\n".join(
         [
             "X STATE   %S ID OPERATOR RUN",
             "- ------- -- -- -------- -----",
