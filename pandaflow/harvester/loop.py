@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from pandaflow import config as pf_config
 from pandaflow import providers
@@ -41,8 +41,7 @@ from pandaflow.harvester import accounting, policy
 from pandaflow.harvester import workers as w
 from pandaflow.server import pilots as pilot_registry
 from pandaflow.server import push
-from pandaflow.server import schema as s
-from pandaflow.server.queues import Queue, QueueConfigError, parse_queues
+from pandaflow.server.queues import Queue, QueueConfigError, parse_queues, stored_descriptions
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +143,7 @@ class Harvester:
         if self.cfg.queues is not None:
             return self.cfg.queues
         with self.engine.connect() as conn:
-            rows = tuple(conn.execute(select(s.queues.c.description).order_by(s.queues.c.name)).scalars())
+            rows = stored_descriptions(conn)
         if rows != self._queue_cache[0]:
             try:
                 found = parse_queues([json.loads(r) for r in rows], "the server database's queues table")
@@ -279,11 +278,7 @@ class Harvester:
         now = time.time()
         with self.engine.connect() as conn:
             own = w.live(conn, queue=queue.name, harvester=self.name)
-            pilot_ids = [wk.pilot_id for wk in own if wk.pilot_id is not None]
-            pilot_state: dict[int, str] = {}
-            if pilot_ids:
-                query = select(s.pilots.c.id, s.pilots.c.status).where(s.pilots.c.id.in_(pilot_ids))
-                pilot_state = dict(conn.execute(query).all())
+            pilot_state = pilot_registry.states(conn, [wk.pilot_id for wk in own if wk.pilot_id is not None])
         moves: list[tuple[w.Worker, str, str | None, str | None]] = []  # worker, to, batch state, error
         cancels: list[tuple[w.Worker, str, str]] = []
         tracked: list[w.Worker] = []
