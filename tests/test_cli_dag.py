@@ -4,8 +4,8 @@ import json
 from pathlib import Path
 
 import pytest
-import requests
 from click.testing import CliRunner
+from support.peers import FlaskSession
 
 from pandaflow.cli import dags, main, sources
 from pandaflow.client import Client
@@ -30,23 +30,6 @@ def run():
         return runner.invoke(main, [str(a) for a in args], catch_exceptions=False)
 
     return invoke
-
-
-class FlaskSession:
-    """A ``requests.Session`` stand-in that sends the client's requests to a Flask test client."""
-
-    def __init__(self, flask_client):
-        self.flask = flask_client
-
-    def request(self, method, url, *, params=None, json=None, headers=None, timeout=None):
-        reply = self.flask.open(
-            url.removeprefix("http://test"), method=method, query_string=params, json=json, headers=headers
-        )
-        response = requests.Response()
-        response.status_code = reply.status_code
-        response._content = reply.data
-        response.headers.update(reply.headers)
-        return response
 
 
 @pytest.fixture

@@ -3,61 +3,23 @@
 import time
 
 import pytest
-import zmq
 from sqlalchemy import select
+from support.lookups import job_row
+from support.peers import Peer
+from support.servers import serving
 
-from pandaflow import protocol
 from pandaflow.errorcodes import ErrorCode
 from pandaflow.server import schema as s
-from pandaflow.server.app import Server, ServerConfig
 
 TOKEN = "secret-token"
 
 
 @pytest.fixture
 def server(tmp_path):
-    srv = Server(
-        ServerConfig(
-            db_url=f"sqlite:///{tmp_path / 'd.db'}",
-            port=0,
-            zmq_port=0,
-            token=TOKEN,
-            heartbeat_interval=0.5,
-            heartbeat_timeout=1.5,
-        )
-    )
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-class Peer:
-    def __init__(self, endpoint, name, token=TOKEN):
-        self.sock = zmq.Context.instance().socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.ROUTING_ID, name.encode())
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
-        self.token = token
-
-    def send(self, op, **body):
-        self.sock.send(protocol.encode({"tok": self.token, "op": op, **body}))
-
-    def recv(self, op=None, timeout=5.0):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.sock.poll(100):
-                msg = protocol.decode(self.sock.recv())
-                if op is None or msg["op"] == op:
-                    return msg
-        raise AssertionError(f"no {op or 'message'} within {timeout} s")
-
-    def close(self):
-        self.sock.close(0)
-
-
-def job_row(server, job_id):
-    with server.engine.connect() as conn:
-        return conn.execute(select(s.jobs).where(s.jobs.c.id == job_id)).mappings().one()
+    with serving(
+        f"sqlite:///{tmp_path / 'd.db'}", TOKEN, heartbeat_interval=0.5, heartbeat_timeout=1.5
+    ) as srv:
+        yield srv
 
 
 def test_a_peer_with_a_wrong_token_is_refused(server):
@@ -70,8 +32,8 @@ def test_a_peer_with_a_wrong_token_is_refused(server):
 
 
 def test_submit_dispatch_result_and_notification_round_trip(server):
-    client = Peer(server.dispatcher.endpoint, "client-1")
-    pilot = Peer(server.dispatcher.endpoint, "pilot-1")
+    client = Peer(server.dispatcher.endpoint, "client-1", TOKEN)
+    pilot = Peer(server.dispatcher.endpoint, "pilot-1", TOKEN)
     pilot.send("register", queue="local", cores=2, host="h", pid=1)
     assert pilot.recv("registered")["pilot_id"] >= 1
     pilot.send("request", want={"n": 4})
@@ -106,8 +68,8 @@ def test_submit_dispatch_result_and_notification_round_trip(server):
 
 
 def test_a_retryable_failure_is_dispatched_again_with_the_next_attempt_number(server):
-    client = Peer(server.dispatcher.endpoint, "client-2")
-    pilot = Peer(server.dispatcher.endpoint, "pilot-2")
+    client = Peer(server.dispatcher.endpoint, "client-2", TOKEN)
+    pilot = Peer(server.dispatcher.endpoint, "pilot-2", TOKEN)
     pilot.send("register", queue="local", cores=1)
     pilot.recv("registered")
     client.send("submit", batch=1, jobs=[{"uid": "r1", "command": "false", "max_attempts": 2}])
@@ -155,7 +117,7 @@ def test_a_retryable_failure_is_dispatched_again_with_the_next_attempt_number(se
 
 
 def test_a_resent_submission_is_stored_once(server):
-    client = Peer(server.dispatcher.endpoint, "client-3")
+    client = Peer(server.dispatcher.endpoint, "client-3", TOKEN)
     for _ in range(2):
         client.send("submit", batch=1, jobs=[{"uid": "dup", "command": "echo"}])
         client.recv("submitted")
@@ -164,7 +126,7 @@ def test_a_resent_submission_is_stored_once(server):
 
 
 def test_a_job_no_queue_can_hold_is_rejected_alone(server):
-    client = Peer(server.dispatcher.endpoint, "client-4")
+    client = Peer(server.dispatcher.endpoint, "client-4", TOKEN)
     client.send(
         "submit",
         batch=1,
@@ -176,8 +138,8 @@ def test_a_job_no_queue_can_hold_is_rejected_alone(server):
 
 
 def test_a_silent_pilot_is_lost_and_its_job_retried_with_lost_heartbeat(server):
-    client = Peer(server.dispatcher.endpoint, "client-5")
-    pilot = Peer(server.dispatcher.endpoint, "pilot-5")
+    client = Peer(server.dispatcher.endpoint, "client-5", TOKEN)
+    pilot = Peer(server.dispatcher.endpoint, "pilot-5", TOKEN)
     pilot.send("register", queue="local", cores=1)
     pilot.recv("registered")
     pilot.send("request", want={"n": 1})
@@ -195,8 +157,8 @@ def test_a_silent_pilot_is_lost_and_its_job_retried_with_lost_heartbeat(server):
 
 
 def test_a_client_that_missed_results_gets_them_by_sync(server):
-    client = Peer(server.dispatcher.endpoint, "client-6")
-    pilot = Peer(server.dispatcher.endpoint, "pilot-6")
+    client = Peer(server.dispatcher.endpoint, "client-6", TOKEN)
+    pilot = Peer(server.dispatcher.endpoint, "pilot-6", TOKEN)
     pilot.send("register", queue="local", cores=1)
     pilot.recv("registered")
     client.send("submit", batch=1, jobs=[{"uid": "s1", "command": "echo"}])
@@ -206,7 +168,7 @@ def test_a_client_that_missed_results_gets_them_by_sync(server):
     job = pilot.recv("jobs")["jobs"][0]
     pilot.send("results", outcomes=[{"id": job["id"], "attempt": 1, "ok": True, "error_code": 0}])
     pilot.recv("acked")
-    client = Peer(server.dispatcher.endpoint, "client-6")
+    client = Peer(server.dispatcher.endpoint, "client-6", TOKEN)
     client.send("sync", uids=["s1", "never-submitted"])
     replies = {m["op"]: m for m in (client.recv(), client.recv())}
     assert replies["synced"]["unknown"] == ["never-submitted"]
@@ -214,7 +176,7 @@ def test_a_client_that_missed_results_gets_them_by_sync(server):
 
 
 def test_unknown_ops_and_garbage_get_an_error_reply(server):
-    peer = Peer(server.dispatcher.endpoint, "odd")
+    peer = Peer(server.dispatcher.endpoint, "odd", TOKEN)
     peer.send("frobnicate")
     assert "unknown op" in peer.recv("error")["message"]
     peer.sock.send(b"\xc1 not msgpack")
