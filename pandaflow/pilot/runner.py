@@ -306,8 +306,8 @@ class PayloadRunner(PythonWorkers, ShellPayloads, LimitEnforcer):
     def _new_job(self, p: Payload) -> RunningPayload:
         t0 = time.monotonic()
         return RunningPayload(payload=p, started_at=time.time(), t0=t0,
-                    next_sample=t0 + min(FIRST_SAMPLE_AFTER, self.sample_interval),
-                    deadline=t0 + p.walltime_s if p.walltime_s else None)  # fmt: skip
+                              next_sample=t0 + min(FIRST_SAMPLE_AFTER, self.sample_interval),
+                              deadline=t0 + p.walltime_s if p.walltime_s else None)  # fmt: skip
 
     # ------------------------------------------------------------------ events (pilot thread)
 
