@@ -1,4 +1,5 @@
-"""A small REST client of the pandaflow job server (``/api/v1``), used by the CLI.
+"""A small REST client of the pandaflow job server (``/api/v1``), used by the CLI and bps, and
+:func:`discover`, how pilots, harvesters and executors find the server's ZeroMQ endpoint.
 
 Read methods are named and shaped like the functions of :mod:`pandaflow.server.queries` (minus
 the connection) and return the same dicts, so a caller can read from a server or straight from
@@ -8,6 +9,7 @@ message, or with what to do when the server cannot be reached.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -107,6 +109,27 @@ class Client:
     def info(self) -> dict[str, Any]:
         """Server version and ZeroMQ endpoint."""
         return self._json("GET", "/info")
+
+    def discover_zmq(self, wait: float = 30.0) -> str:
+        """The server's ZeroMQ endpoint (``info()["zmq"]``), asked again every 0.5 s for up to
+        ``wait`` seconds while the server is starting.
+
+        Raises :class:`ClientError` at once if the server refuses the token, and once ``wait``
+        has passed without an answer.
+        """
+        deadline = time.time() + wait
+        last = ""
+        while time.time() < deadline:
+            try:
+                return self.info()["zmq"]
+            except ClientError as exc:
+                if exc.status == 401:
+                    raise ClientError(f"server {self.url} refused the token (401)", 401) from None
+                last = str(exc)
+            except (KeyError, TypeError) as exc:  # an answer without an endpoint: not ready yet
+                last = f"no ZeroMQ endpoint in the answer ({type(exc).__name__}: {exc})"
+            time.sleep(0.5)
+        raise ClientError(f"cannot reach server {self.url} within {wait:g} s: {last}")
 
     def openapi(self) -> dict[str, Any]:
         """The server's OpenAPI document."""
@@ -279,3 +302,9 @@ class Client:
             state = ",".join(state)
         params = {"queue": queue, "state": state, "limit": limit, "offset": offset}
         return self._json("GET", "/workers", params=params)
+
+
+def discover(server_url: str, token: str | None, timeout: float = 30.0) -> str:
+    """The ZeroMQ endpoint of the server whose REST API is at ``server_url``, retrying until
+    ``timeout`` (see :meth:`Client.discover_zmq`); each request waits at most 5 s."""
+    return Client(server_url, token, timeout=5.0).discover_zmq(timeout)

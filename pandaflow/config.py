@@ -50,9 +50,16 @@ def load_token(token: str | None = None, token_file: str | os.PathLike | None = 
         return None
 
 
-def server_info() -> dict | None:
-    """The address the last server started on this machine wrote in ``home()/server.json``."""
+def server_info(where: Path | None = None) -> dict | None:
+    """What the last server started on this machine wrote in ``server.json`` under ``where``
+    (default :func:`home`): its ``url``, ``zmq`` endpoint, ``db`` and ``pid``."""
     try:
-        return json.loads((home() / "server.json").read_text())
+        return json.loads(((where or home()) / "server.json").read_text())
     except (OSError, ValueError):
         return None
+
+
+def server_url(given: str | None = None) -> str | None:
+    """The server a client talks to: the URL ``given`` (``--server``, ``$PANDAFLOW_SERVER``), else
+    the one :func:`server_info` names, else None."""
+    return given or (server_info() or {}).get("url")

@@ -19,8 +19,8 @@ import parsl
 from parsl import bash_app, python_app
 from parsl.config import Config
 
+from pandaflow.errorcodes import describe
 from pandaflow.executors import PandaExecutor, TaskFailed
-from pandaflow.pilot.errorcodes import describe
 
 
 @python_app

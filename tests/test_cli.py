@@ -2,11 +2,11 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from support.servers import serving
 
 from pandaflow.cli import main
 from pandaflow.client import Client
-from pandaflow.pilot.errorcodes import ErrorCode
-from pandaflow.server.app import Server, ServerConfig
+from pandaflow.errorcodes import ErrorCode
 
 
 @pytest.fixture(autouse=True)
@@ -161,11 +161,8 @@ def test_without_a_known_server_the_error_says_how_to_name_one(run):
 
 @pytest.fixture
 def live_server(tmp_path):
-    srv = Server(ServerConfig(db_url="sqlite:///" + str(tmp_path / "live.db"), port=0, zmq_port=0, token="t",
-                              info_file=None))  # fmt: skip
-    srv.start()
-    yield srv
-    srv.stop()
+    with serving("sqlite:///" + str(tmp_path / "live.db"), "t", info_file=None) as srv:
+        yield srv
 
 
 def test_a_running_server_lists_and_cancels_jobs_for_the_cli(run, live_server):

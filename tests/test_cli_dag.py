@@ -4,11 +4,10 @@ import json
 from pathlib import Path
 
 import pytest
-import requests
 from click.testing import CliRunner
+from support.peers import FlaskSession
 
-from pandaflow import cli
-from pandaflow.cli import main
+from pandaflow.cli import dags, main, sources
 from pandaflow.client import Client
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "configs" / "dags"
@@ -33,27 +32,10 @@ def run():
     return invoke
 
 
-class FlaskSession:
-    """A ``requests.Session`` stand-in that sends the client's requests to a Flask test client."""
-
-    def __init__(self, flask_client):
-        self.flask = flask_client
-
-    def request(self, method, url, *, params=None, json=None, headers=None, timeout=None):
-        reply = self.flask.open(
-            url.removeprefix("http://test"), method=method, query_string=params, json=json, headers=headers
-        )
-        response = requests.Response()
-        response.status_code = reply.status_code
-        response._content = reply.data
-        response.headers.update(reply.headers)
-        return response
-
-
 @pytest.fixture
 def server(api, monkeypatch):
     """The CLI talks to the test app (the `api` fixture) through its real REST client."""
-    monkeypatch.setattr(cli, "_client", lambda: Client("http://test", "t", session=FlaskSession(api)))
+    monkeypatch.setattr(sources, "client", lambda: Client("http://test", "t", session=FlaskSession(api)))
     return api
 
 
@@ -262,7 +244,7 @@ def test_the_report_table_has_the_bps_layout():
             {"label": "isr", "counts": dict(zip(HEADER, [1, 0, 0, 1, 0, 0, 1, 0, 0, 3], strict=True))},
         ],
     }
-    assert cli._bps_report_text(data) == "\n".join(
+    assert dags._bps_report_text(data) == "\n".join(
         [
             "X STATE   %S ID OPERATOR RUN",
             "- ------- -- -- -------- -----",

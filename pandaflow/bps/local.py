@@ -82,10 +82,8 @@ def answers(url: str, token: str | None, timeout: float = 5.0) -> bool:
 
 def running_server(home: Path | None = None) -> tuple[str, str | None] | None:
     """``(url, token)`` of the server that ``home/server.json`` names, if it answers."""
-    home = home or pf_config.home()
-    try:
-        info = json.loads((home / "server.json").read_text())
-    except (OSError, ValueError):
+    info = pf_config.server_info(home)
+    if info is None:
         return None
     url = info.get("url")
     pid = info.get("pid")

@@ -184,7 +184,7 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
             self.token = pf_config.load_token(self.token)
             if not self.token:
                 raise ValueError("PandaExecutor(server_url=...) needs token= (or $PANDAFLOW_TOKEN)")
-            from pandaflow.pilot.agent import discover
+            from pandaflow.client import discover
 
             self.zmq_endpoint = discover(self.server_url, self.token)
         self.workflow = self.workflow or f"parsl {self.run_id or self.client_id[:8]}"

@@ -1,5 +1,7 @@
 """The harvester: keeps pilots alive on every queue that names a provider (see :mod:`.loop`)."""
 
-from pandaflow.harvester.loop import Harvester, HarvesterConfig, QueueReport
+from pandaflow.harvester.config import HarvesterConfig
+from pandaflow.harvester.loop import Harvester
+from pandaflow.harvester.report import QueueReport
 
 __all__ = ["Harvester", "HarvesterConfig", "QueueReport"]

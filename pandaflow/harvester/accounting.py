@@ -22,31 +22,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from sqlalchemy import Connection, case, func, select
+from sqlalchemy import Connection
 
 from pandaflow.harvester import workers as w
-from pandaflow.server import push
-from pandaflow.server import schema as s
-from pandaflow.server.pilots import ACTIVE
-from pandaflow.server.states import ACTIVE_STATES, READY
-
-_J = s.jobs.c
-_P = s.pilots.c
-
-
-@dataclass(frozen=True, slots=True)
-class PilotView:
-    """An active pilot of the queue and how much of it is in use."""
-
-    id: int
-    cores: int
-    held_cores: int  # cores of the jobs it holds (dispatched or running)
-    ended_jobs: int  # jobs it has finished or failed so far (as of the dispatcher's last sweep)
-    registered_at: float
-
-    @property
-    def idle_slots(self) -> int:
-        return max(0, self.cores - self.held_cores)
+from pandaflow.server import demand, push
+from pandaflow.server.demand import PilotView
 
 
 @dataclass(slots=True)
@@ -99,37 +79,9 @@ class Snapshot:
 def snapshot(conn: Connection, queue: str, worker_cores: int, worker_memory_mb: int | None) -> Snapshot:
     """Count demand and supply of ``queue`` for pilots of ``worker_cores`` and ``worker_memory_mb``."""
     snap = Snapshot(queue)
-    fits = (_J.cores <= worker_cores) & (
-        _J.memory_mb.is_(None) | (_J.memory_mb <= (worker_memory_mb or 1 << 40))
-    )
-    # One pass over the queue's ready jobs (the dispatch index leads with status, queue).
-    row = conn.execute(
-        select(
-            func.count(),
-            func.coalesce(func.sum(case((fits, 1), else_=0)), 0),
-            func.coalesce(func.sum(case((fits, _J.cores), else_=0)), 0),
-        ).where(_J.status == READY, _J.queue == queue)
-    ).one()
-    total, snap.ready_jobs, snap.ready_cores = int(row[0]), int(row[1]), int(row[2])
-    snap.unfit_jobs = total - snap.ready_jobs
-    pilots = conn.execute(
-        select(_P.id, _P.cores, _P.n_done + _P.n_failed, _P.registered_at).where(
-            _P.status == ACTIVE, _P.queue == queue
-        )
-    ).all()
-    held: dict[int, int] = {}
-    if pilots:
-        held = dict(
-            conn.execute(
-                select(_J.pilot_id, func.sum(_J.cores))
-                .where(_J.pilot_id.in_([p[0] for p in pilots]), _J.status.in_(list(ACTIVE_STATES)))
-                .group_by(_J.pilot_id)
-            ).all()
-        )
-    snap.pilots = {
-        pid: PilotView(pid, cores, int(held.get(pid) or 0), int(ended or 0), registered)
-        for pid, cores, ended, registered in pilots
-    }
+    ready = demand.ready_jobs(conn, queue, worker_cores, worker_memory_mb)
+    snap.ready_jobs, snap.ready_cores, snap.unfit_jobs = ready.fit, ready.fit_cores, ready.unfit
+    snap.pilots = demand.active_pilots(conn, queue)
     snap.workers = w.live(conn, queue=queue)
     snap.reserved = push.reserved_cores(conn, queue)
     return snap

@@ -3,16 +3,19 @@
 Each cycle, for every such queue (each step in its own short transaction, never holding the
 database while a provider works):
 
-1. **follow** the queue's live workers: ask the provider for their states (``status``), move the
-   worker rows accordingly, and catch the ones that went wrong: a job that ended without its
-   pilot registering, a pilot that did not register within ``arrival_timeout_s`` of its job
-   starting, a pilot that stopped heartbeating while its job still runs (both cancelled);
+1. **follow** the queue's live workers (:mod:`pandaflow.harvester.follow`): ask the provider for
+   their states (``status``), move the worker rows accordingly, and catch the ones that went
+   wrong: a job that ended without its pilot registering, a pilot that did not register within
+   ``arrival_timeout_s`` of its job starting, a pilot that stopped heartbeating while its job
+   still runs (both cancelled);
 2. **count** demand and supply (:mod:`pandaflow.harvester.accounting`);
 3. **decide** (:mod:`pandaflow.harvester.policy`), then **cancel** and **submit** through the
-   provider. Each submission is a row first (its id is the pilot's ``--worker-id``), then
-   ``provider.submit(command, tasks_per_node=1, job_name=...)``; on a push queue the row's
-   transaction also reserves the ready jobs the worker will run (:mod:`pandaflow.server.push`);
-4. **record** what it saw and did in ``harvester_queues`` (shown by ``pandaflow workers``).
+   provider (:mod:`pandaflow.harvester.provision`). Each submission is a row first (its id is
+   the pilot's ``--worker-id``), then ``provider.submit(command, tasks_per_node=1, job_name=...)``;
+   on a push queue the row's transaction also reserves the ready jobs the worker will run
+   (:mod:`pandaflow.server.push`);
+4. **record** what it saw and did (:mod:`pandaflow.harvester.report`) in ``harvester_queues``
+   (shown by ``pandaflow workers``).
 
 A provider that raises never stops the loop: the error is logged, kept in :attr:`Harvester.errors`
 and in the queue's ``harvester_queues.error``, a failed submission fails its worker row with
@@ -23,70 +26,24 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import shlex
-import socket
-import sys
 import threading
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import Engine, select
+from sqlalchemy import Engine
 
 from pandaflow import config as pf_config
 from pandaflow import providers
-from pandaflow.harvester import accounting, policy
+from pandaflow.harvester import accounting, policy, provision
 from pandaflow.harvester import workers as w
-from pandaflow.server import pilots as pilot_registry
-from pandaflow.server import push
-from pandaflow.server import schema as s
-from pandaflow.server.queues import Queue, QueueConfigError, parse_queues
+from pandaflow.harvester.config import HarvesterConfig
+from pandaflow.harvester.follow import follow_workers
+from pandaflow.harvester.report import QueueReport, action_text, say
+from pandaflow.server.queues import Queue, QueueConfigError, parse_queues, stored_descriptions
 
 log = logging.getLogger(__name__)
-
-_MAX_BACKOFF = 600.0
-_TAIL = 1500  # characters of a failed job's stderr kept in the worker's error
-
-
-@dataclass
-class HarvesterConfig:
-    """Settings of one harvester (``pandaflow harvester --help`` documents each)."""
-
-    zmq_endpoint: str  # where pilots find the server's dispatcher
-    token: str | None = None  # written to ``workdir/token`` for pilots, unless token_file is given
-    token_file: str | None = None  # a token file pilots can read (on a shared file system)
-    workdir: str = field(default_factory=lambda: str(pf_config.home() / "harvester"))
-    name: str = field(default_factory=socket.gethostname)  # a harvester follows its own workers only
-    interval: float = 10.0  # seconds between cycles
-    python: str = sys.executable  # the interpreter pilots run with
-    queues: list[Queue] | None = None  # default: read from the server's database every cycle
-
-    def __post_init__(self) -> None:
-        if self.interval <= 0:
-            raise ValueError(f"interval must be positive, got {self.interval}")
-        if not self.token and not self.token_file:
-            raise ValueError("the harvester needs the server's token (token or token_file) for its pilots")
-
-
-@dataclass
-class QueueReport:
-    """What one cycle saw and did on a queue."""
-
-    queue: str
-    ready_jobs: int = 0
-    ready_cores: int = 0
-    unfit_jobs: int = 0
-    reserved_jobs: int = 0  # push queues: jobs waiting for the worker they are reserved for
-    idle_slots: int = 0
-    queued_workers: int = 0
-    running_workers: int = 0
-    submitted: list[int] = field(default_factory=list)
-    cancelled: list[int] = field(default_factory=list)
-    reserved_now: int = 0  # jobs reserved for the workers submitted this cycle
-    action: str = ""
-    errors: list[str] = field(default_factory=list)
 
 
 class Harvester:
@@ -109,7 +66,7 @@ class Harvester:
         self._providers: dict[str, tuple[str, Any]] = {}  # queue -> (block key, provider)
         self._idle: dict[str, dict[int, tuple[float, int]]] = {}  # queue -> pilot -> (idle since, ended)
         self._busy_at: dict[str, float] = {}  # queue -> last time it had ready work
-        self._backoff: dict[str, tuple[float, float, str]] = {}  # queue -> (not before, delay, error)
+        self._backoff = provision.Backoff()
         self._queue_cache: tuple[tuple[str, ...], list[Queue]] = ((), [])
         self._started = time.time()
         self._stop = threading.Event()
@@ -144,7 +101,7 @@ class Harvester:
         if self.cfg.queues is not None:
             return self.cfg.queues
         with self.engine.connect() as conn:
-            rows = tuple(conn.execute(select(s.queues.c.description).order_by(s.queues.c.name)).scalars())
+            rows = stored_descriptions(conn)
         if rows != self._queue_cache[0]:
             try:
                 found = parse_queues([json.loads(r) for r in rows], "the server database's queues table")
@@ -186,13 +143,15 @@ class Harvester:
             provider = self.provider(queue, limits)
         except Exception as exc:
             report.errors.append(
-                f"cannot set up provider {queue.setting('provider').get('name')!r}: {_say(exc)}"
+                f"cannot set up provider {queue.setting('provider').get('name')!r}: {say(exc)}"
             )
         if provider is not None:
             try:
-                self._follow(queue, limits, provider, report)
+                cancels = follow_workers(self.engine, self.name, queue, limits, provider)
+                if cancels:
+                    provision.cancel(self.engine, provider, cancels, report)
             except Exception as exc:
-                report.errors.append(f"following workers failed: {_say(exc)}")
+                report.errors.append(f"following workers failed: {say(exc)}")
         now = time.time()
         with self.engine.connect() as conn:
             snap = accounting.snapshot(conn, queue.name, limits.worker_cores, limits.worker_memory_mb)
@@ -216,20 +175,25 @@ class Harvester:
         if decision.submit and not queue.online:
             decision.submit = 0
             decision.reasons.append(f"queue is {queue.status}: no new workers")
-        until, _delay, failure = self._backoff.get(queue.name, (0.0, 0.0, ""))
+        until, failure = self._backoff.paused(queue.name)
         if decision.submit and now < until:
             decision.submit = 0
             decision.reasons.append(f"backing off after a failed submission for {until - now:.1f} s")
             report.errors.append(f"the last submission failed: {failure}")
         if provider is not None and decision.cancel:
             byid = {wk.id: wk for wk in snap.workers}
-            report.cancelled = self._cancel(
+            report.cancelled = provision.cancel(
+                self.engine,
                 provider,
                 [(byid[i], w.CANCELLED, "scaled in: " + decision.reason) for i in decision.cancel],
                 report,
             )
         if provider is not None and decision.submit:
-            report.submitted = self._submit(queue, limits, provider, decision.submit, report)
+            report.submitted = provision.submit(
+                self.engine, self.name, queue, limits, provider, decision.submit, report,
+                command=lambda worker_id: self.pilot_command(queue, limits, worker_id),
+                backoff=self._backoff, cycle=self.cfg.interval,
+            )  # fmt: skip
         report.action = decision.reason or "nothing to do"
         with self.engine.connect() as conn:
             live = w.live(conn, queue=queue.name)
@@ -274,153 +238,6 @@ class Harvester:
         ]  # fmt: skip
         return " ".join(parts)
 
-    # ---------------------------------------------------------------- following workers
-    def _follow(self, queue: Queue, limits: policy.Limits, provider: Any, report: QueueReport) -> None:
-        now = time.time()
-        with self.engine.connect() as conn:
-            own = w.live(conn, queue=queue.name, harvester=self.name)
-            pilot_ids = [wk.pilot_id for wk in own if wk.pilot_id is not None]
-            pilot_state: dict[int, str] = {}
-            if pilot_ids:
-                query = select(s.pilots.c.id, s.pilots.c.status).where(s.pilots.c.id.in_(pilot_ids))
-                pilot_state = dict(conn.execute(query).all())
-        moves: list[tuple[w.Worker, str, str | None, str | None]] = []  # worker, to, batch state, error
-        cancels: list[tuple[w.Worker, str, str]] = []
-        tracked: list[w.Worker] = []
-        for wk in own:
-            if wk.provider_job_id is None:
-                if now - wk.submitted_at > limits.arrival_timeout_s:
-                    moves.append((wk, w.MISSING, None, "the provider never confirmed the submission"))
-            elif providers.adopt(provider, wk.provider_job_id, _json(wk.provider_data)):
-                tracked.append(wk)
-            else:
-                moves.extend(_untracked(wk, pilot_state.get(wk.pilot_id), now, limits))
-        statuses = list(provider.status([wk.provider_job_id for wk in tracked])) if tracked else []
-        for wk, status in zip(tracked, statuses, strict=True):
-            batch = status.state.name
-            pilot = pilot_state.get(wk.pilot_id)
-            if status.terminal:
-                moves.append((wk, *_ended(wk, status)))
-                continue
-            if batch == "RUNNING" and wk.state == w.SUBMITTED:
-                moves.append((wk, w.RUNNING, batch, None))
-                wk = _started(wk, now)
-            elif batch != wk.batch_state:
-                moves.append((wk, wk.state, batch, None))
-            # Waiting in a batch queue (PENDING, HELD) is normal and bounded by max_queued_workers;
-            # the clock runs once the job started, or from submission if the provider cannot tell.
-            since = wk.started_at or (wk.submitted_at if batch == "UNKNOWN" else None)
-            if wk.pilot_id is None and since and now - since > limits.arrival_timeout_s:
-                why = (
-                    f"its pilot did not register within {limits.arrival_timeout_s:g} s of the {wk.provider} "
-                    f"job {wk.provider_job_id} {'starting' if wk.started_at else 'being submitted'}"
-                )
-                cancels.append((wk, w.MISSING, why))
-            elif pilot == pilot_registry.LOST:
-                cancels.append((wk, w.FAILED, f"its pilot {wk.pilot_id} stopped heartbeating; job cancelled"))
-        with self.engine.begin() as conn:
-            for wk, to, batch, error in moves:
-                if to == wk.state:
-                    w.note(conn, wk.id, now, batch_state=batch or "")
-                else:
-                    w.move(conn, wk.id, to, now, batch_state=batch, error=error)
-        for wk, to, _b, _e in moves:
-            if to not in w.LIVE_STATES and wk.provider_job_id:
-                _forget(provider, wk.provider_job_id)
-        if cancels:
-            self._cancel(provider, cancels, report)
-
-    def _cancel(
-        self, provider: Any, items: list[tuple[w.Worker, str, str]], report: QueueReport
-    ) -> list[int]:
-        """Cancel workers through the provider; those it confirms move to their given state."""
-        with_job = [item for item in items if item[0].provider_job_id]
-        done: list[int] = []
-        now = time.time()
-        if with_job:
-            try:
-                results = list(provider.cancel([wk.provider_job_id for wk, _t, _e in with_job]))
-            except Exception as exc:
-                report.errors.append(f"cancel failed: {_say(exc)}")
-                return done
-            for (wk, _to, _error), ok in zip(with_job, results, strict=False):
-                if ok:
-                    done.append(wk.id)
-                else:
-                    report.errors.append(
-                        f"the provider could not cancel worker {wk.id} (job {wk.provider_job_id})"
-                    )
-        done.extend(wk.id for wk, _t, _e in items if not wk.provider_job_id)
-        targets = {wk.id: (wk, to, error) for wk, to, error in items}
-        with self.engine.begin() as conn:
-            for worker_id in done:
-                wk, to, error = targets[worker_id]
-                w.move(conn, worker_id, to, now, batch_state="CANCELLED", error=error)
-        for worker_id in done:
-            if targets[worker_id][0].provider_job_id:
-                _forget(provider, targets[worker_id][0].provider_job_id)
-        if done:
-            log.info("harvester: queue %s: cancelled workers %s", items[0][0].queue, done)
-        return done
-
-    def _submit(
-        self, queue: Queue, limits: policy.Limits, provider: Any, n: int, report: QueueReport
-    ) -> list[int]:
-        submitted = []
-        name = queue.setting("provider")["name"]
-        for _ in range(n):
-            now = time.time()
-            reserved: list[int] = []
-            with self.engine.begin() as conn:
-                worker_id = w.create(
-                    conn,
-                    queue=queue.name,
-                    harvester=self.name,
-                    provider=name,
-                    cores=limits.worker_cores,
-                    memory_mb=limits.worker_memory_mb,
-                    now=now,
-                )
-                if queue.mode == "push":
-                    # Same transaction as the row: a worker never exists without its jobs, and a
-                    # failed submission below releases them with the worker (workers.move).
-                    reserved = push.reserve(
-                        conn,
-                        worker_id=worker_id,
-                        queue=queue.name,
-                        cores=limits.worker_cores,
-                        memory_mb=limits.worker_memory_mb,
-                        now=now,
-                    )
-            command = self.pilot_command(queue, limits, worker_id)
-            try:
-                job_id = provider.submit(
-                    command, tasks_per_node=1, job_name=f"pandaflow-{queue.name}-{worker_id}"
-                )
-                if not job_id:
-                    raise RuntimeError("the provider returned no job id")
-            except Exception as exc:
-                error = f"submit failed: {_say(exc)}"
-                with self.engine.begin() as conn:
-                    w.move(conn, worker_id, w.FAILED, time.time(), error=error)
-                report.errors.append(f"worker {worker_id}: {error}")
-                _until, delay, _failure = self._backoff.get(queue.name, (0.0, 0.0, ""))
-                delay = min(_MAX_BACKOFF, max(2 * self.cfg.interval, 2 * delay))
-                self._backoff[queue.name] = (time.time() + delay, delay, error)
-                log.warning("harvester: queue %s: %s; next try in %.1f s", queue.name, error, delay)
-                break
-            job_id = str(job_id)
-            with self.engine.begin() as conn:
-                w.accepted(
-                    conn, worker_id, job_id, json.dumps(providers.bookkeeping(provider, job_id)), time.time()
-                )
-            self._backoff.pop(queue.name, None)
-            submitted.append(worker_id)
-            report.reserved_now += len(reserved)
-        if submitted:
-            log.info("harvester: queue %s: submitted workers %s", queue.name, submitted)
-        return submitted
-
     # ---------------------------------------------------------------- memory between cycles
     def _pilot_idle(self, queue: str, snap: accounting.Snapshot, now: float) -> dict[int, float]:
         """Seconds each active pilot has held no job, as far as this harvester has seen."""
@@ -456,7 +273,7 @@ class Harvester:
             "idle_slots": report.idle_slots,
             "queued_workers": report.queued_workers,
             "running_workers": report.running_workers,
-            "action": _action_text(report),
+            "action": action_text(report),
             "error": "; ".join(report.errors)[-4000:],
         }
         if report.errors:
@@ -465,90 +282,5 @@ class Harvester:
             w.record_queue(conn, self.name, report.queue, values)
 
 
-def _action_text(report: QueueReport) -> str:
-    done = []
-    if report.submitted:
-        reserved = f" with {report.reserved_now} jobs reserved" if report.reserved_now else ""
-        done.append(f"submitted {len(report.submitted)}{reserved}")
-    if report.cancelled:
-        done.append(f"cancelled {len(report.cancelled)}")
-    return (", ".join(done) + ": " if done else "") + report.action
-
-
-def _say(exc: BaseException) -> str:
-    return f"{type(exc).__name__}: {exc}"
-
-
-def _json(text: str | None) -> Any:
-    try:
-        return json.loads(text) if text else None
-    except ValueError:
-        return None
-
-
 def _double_quoted(text: str) -> str:
     return '"' + "".join("\\" + c if c in '"\\`' else c for c in text) + '"'
-
-
-def _started(wk: w.Worker, now: float) -> w.Worker:
-    from dataclasses import replace
-
-    return replace(wk, state=w.RUNNING, started_at=wk.started_at or now)
-
-
-def _forget(provider: Any, job_id: str) -> None:
-    """Drop a finished job from the provider's own bookkeeping (parsl never prunes it)."""
-    resources = getattr(provider, "resources", None)
-    if isinstance(resources, dict):
-        resources.pop(job_id, None)
-
-
-def _tail(path: str | None) -> str:
-    if not path:
-        return ""
-    try:
-        with open(path, "rb") as f:
-            f.seek(0, os.SEEK_END)
-            f.seek(max(0, f.tell() - _TAIL))
-            text = f.read().decode(errors="replace").strip()
-    except OSError:
-        return ""
-    return f"; stderr ends: {text}" if text else ""
-
-
-def _ended(wk: w.Worker, status: Any) -> tuple[str, str, str | None]:
-    """(state, batch state, error) of a worker whose provider job reached a terminal state."""
-    batch = status.state.name
-    how = batch.lower() + (f" with exit code {status.exit_code}" if status.exit_code is not None else "")
-    if status.message:
-        how += f" ({status.message})"
-    if wk.pilot_id is None:
-        error = f"the {wk.provider} job {wk.provider_job_id} ended ({how}) before its pilot registered"
-        return w.MISSING, batch, error + _tail(status.stderr_path)
-    if batch == "FAILED":
-        return (
-            w.FAILED,
-            batch,
-            f"the {wk.provider} job {wk.provider_job_id} failed ({how})" + _tail(status.stderr_path),
-        )
-    if batch == "CANCELLED":
-        return (
-            w.CANCELLED,
-            batch,
-            f"the {wk.provider} job {wk.provider_job_id} was cancelled outside the harvester",
-        )
-    return w.FINISHED, batch, None
-
-
-def _untracked(
-    wk: w.Worker, pilot: str | None, now: float, limits: policy.Limits
-) -> list[tuple[w.Worker, str, str | None, str | None]]:
-    """A worker the provider cannot follow (e.g. submitted by an earlier harvester run through a
-    provider that keeps no bookkeeping): its pilot tells what became of it."""
-    if pilot == pilot_registry.EXITED:
-        return [(wk, w.FINISHED, None, None)]
-    if pilot == pilot_registry.LOST:
-        return [(wk, w.FAILED, None, f"its pilot {wk.pilot_id} stopped heartbeating")]
-    if pilot is None and now - wk.submitted_at > limits.arrival_timeout_s:
-        return [(wk, w.MISSING, None, "the provider lost track of the job and no pilot registered from it")]
-    return []

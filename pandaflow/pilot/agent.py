@@ -19,8 +19,8 @@ import psutil
 import zmq
 
 from pandaflow import __version__, protocol
+from pandaflow.errorcodes import ErrorCode
 from pandaflow.pilot.envcheck import check_environment
-from pandaflow.pilot.errorcodes import ErrorCode
 from pandaflow.pilot.runner import Outcome, Payload, PayloadRunner
 
 log = logging.getLogger(__name__)
@@ -487,27 +487,3 @@ class Pilot:
         self.runner.stop()
         self.sock.close(linger=1000)
 
-
-def discover(server_url: str, token: str, timeout: float = 30.0) -> str:
-    """Ask a server's REST API for its ZeroMQ endpoint, retrying until ``timeout``."""
-    import requests
-
-    deadline = time.time() + timeout
-    last = ""
-    while time.time() < deadline:
-        try:
-            reply = requests.get(
-                f"{server_url.rstrip('/')}/api/v1/info",
-                headers={"Authorization": f"Bearer {token}"},
-                timeout=5,
-            )
-            if reply.status_code == 401:
-                raise PilotError(f"server {server_url} refused the token (401)")
-            reply.raise_for_status()
-            return reply.json()["zmq"]
-        except PilotError:
-            raise
-        except Exception as exc:  # connection refused while the server starts
-            last = str(exc)
-            time.sleep(0.5)
-    raise PilotError(f"cannot reach server {server_url} within {timeout:g} s: {last}")

@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from pandaflow.pilot.errorcodes import ErrorCode, describe, is_retryable
+from pandaflow.errorcodes import ErrorCode, describe, is_retryable
 from pandaflow.server import dag, states
 from pandaflow.server import schema as s
 from pandaflow.server.broker import Broker, BrokerageError

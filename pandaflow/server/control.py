@@ -9,7 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
-from pandaflow.pilot.errorcodes import ErrorCode
+from pandaflow.errorcodes import ErrorCode
 from pandaflow.server import dag, states
 from pandaflow.server import schema as s
 from pandaflow.server.statements import Sql, chunks, claim_writes, marks

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import Any
 
 from sqlalchemy import Connection, bindparam, case, func, insert, select, update
@@ -56,6 +57,14 @@ def _attach_worker(conn: Connection, worker_id: int, pilot_id: int, now: float) 
             updated_at=now,
         )
     )
+
+
+def states(conn: Connection, pilot_ids: Iterable[int]) -> dict[int, str]:
+    """``{pilot id: status}`` of the given pilots (ids no pilot has are left out)."""
+    ids = list(pilot_ids)
+    if not ids:
+        return {}
+    return dict(conn.execute(select(_P.id, _P.status).where(_P.id.in_(ids))).all())
 
 
 def lookup(conn: Connection, name: str) -> tuple[int, str, str] | None:

@@ -27,7 +27,7 @@ from typing import Any
 
 from sqlalchemy import Connection, func, select
 
-from pandaflow.pilot import errorcodes
+from pandaflow import errorcodes
 from pandaflow.server import pilots as pilot_registry
 from pandaflow.server import schema as s
 from pandaflow.server.states import (

@@ -64,6 +64,10 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import Connection, select
+
+from pandaflow.server import schema as s
+
 log = logging.getLogger(__name__)
 
 
@@ -303,3 +307,9 @@ def load_queues(path: str | Path) -> list[Queue]:
 def default_queue_file() -> Path:
     """The shipped description of the single local queue."""
     return Path(__file__).resolve().parent.parent / "configs" / "queues" / "local.json"
+
+
+def stored_descriptions(conn: Connection) -> tuple[str, ...]:
+    """The JSON descriptions of the queues the server serves (its ``queues`` table), by name: what
+    a harvester without its own queue file serves."""
+    return tuple(conn.execute(select(s.queues.c.description).order_by(s.queues.c.name)).scalars())

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from sqlalchemy import Connection
 
-from pandaflow.pilot.errorcodes import ErrorCode
+from pandaflow.errorcodes import ErrorCode
 from pandaflow.server import pilots
 from pandaflow.server.completion import Completed, give_back, held_by, outcome, record
 from pandaflow.server.statements import Sql, chunks, marks

@@ -15,13 +15,9 @@ import pytest
 bps = pytest.importorskip("lsst.ctrl.bps")
 gw_test_utils = pytest.importorskip("lsst.ctrl.bps.tests.gw_test_utils")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-
-from bpsharness import stop_local  # noqa: E402
 from lsst.ctrl.bps import BpsConfig, GenericWorkflow, GenericWorkflowJob, WmsStates  # noqa: E402
-from pfharness import wait_until  # noqa: E402
-from test_bps_server import SH, runnable  # noqa: E402
+from support.bps import SH, runnable, stop_local  # noqa: E402
+from support.waiting import wait_until  # noqa: E402
 
 from pandaflow.bps import PandaflowService, local  # noqa: E402
 

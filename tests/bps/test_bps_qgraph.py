@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import re
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -30,11 +29,7 @@ import pytest
 pytest.importorskip("lsst.ctrl.bps")
 pytest.importorskip("lsst.pipe.base.tests.simpleQGraph")
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-
 import numpy  # noqa: E402
-from bpsharness import bps, bps_env, report_table, stop_local  # noqa: E402
 from lsst.ctrl.bps import WmsStates  # noqa: E402
 from lsst.daf.butler import Butler  # noqa: E402
 from lsst.pipe.base.tests.simpleQGraph import (  # noqa: E402
@@ -43,7 +38,8 @@ from lsst.pipe.base.tests.simpleQGraph import (  # noqa: E402
     makeSimpleQGraph,
     populateButler,
 )
-from pfharness import wait_until  # noqa: E402
+from support.bps import bps, bps_env, report_table, stop_local  # noqa: E402
+from support.waiting import wait_until  # noqa: E402
 
 from pandaflow.bps import PandaflowService  # noqa: E402
 

@@ -1,10 +1,8 @@
 """PandaflowService against a real pandaflow server with a real local pilot running the jobs.
 
-The ctrl_bps test workflows (``gw_test_utils``) name ``/usr/bin/uptime`` and ``finalJob.bash``
-as executables; :func:`runnable` swaps every job's executable for ``/bin/sh -c`` appending the
-job's label to ``<ENV:BPS_TEST_OUT>/order.log`` (the label comes from ``cmdvals``, the
-directory from the job's environment), so the run order can be read back afterwards. Nothing
-else about the generic workflows changes.
+The ctrl_bps test workflows run with every job's executable swapped for a harmless ``/bin/sh -c``
+that appends the job's label to a log (:func:`support.bps.runnable`), so the run order can be
+read back afterwards.
 """
 
 from __future__ import annotations
@@ -20,48 +18,19 @@ import pytest
 bps = pytest.importorskip("lsst.ctrl.bps")
 gw_test_utils = pytest.importorskip("lsst.ctrl.bps.tests.gw_test_utils")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
-
 from lsst.ctrl.bps import (  # noqa: E402
     BpsConfig,
     GenericWorkflow,
-    GenericWorkflowExec,
     GenericWorkflowJob,
     WmsStates,
 )
-from pfharness import PilotProcess, ServerProcess, wait_until  # noqa: E402
+from support.bps import SH, runnable  # noqa: E402
+from support.processes import PilotProcess, ServerProcess  # noqa: E402
+from support.waiting import wait_until  # noqa: E402
 
 from pandaflow.bps import PandaflowService  # noqa: E402
 
 pytestmark = pytest.mark.timeout(240)
-SH = GenericWorkflowExec("sh", "/bin/sh", False)
-
-
-def runnable(gwf, outdir: Path, fail_labels: dict[str, str] | None = None, sleep: float = 0.0):
-    """Give every job of ``gwf`` (and its final job) a harmless shell command (module docstring).
-
-    A label in ``fail_labels`` runs ``test -e PATH`` instead: it fails until that file exists.
-    """
-    fail_labels = fail_labels or {}
-    jobs = [gwf.get_job(name) for name in gwf]
-    final = gwf.get_final()
-    if final is not None:
-        jobs.append(final)
-    for job in jobs:
-        if not hasattr(job, "executable"):
-            continue  # no-op jobs
-        job.executable = SH
-        nap = f"sleep {sleep}; " if sleep and job.label not in ("pipetaskInit", "finalJob") else ""
-        if job.label in fail_labels:
-            job.arguments = (
-                f"-c 'echo {{label}} >> <ENV:BPS_TEST_OUT>/order.log; test -e {fail_labels[job.label]}'"
-            )
-        else:
-            job.arguments = f"-c '{nap}echo {{label}} >> <ENV:BPS_TEST_OUT>/order.log'"
-        job.cmdvals = {"label": job.label}
-        job.environment = {"BPS_TEST_OUT": str(outdir)}
-        job.number_of_retries = 0
-    return gwf
 
 
 @pytest.fixture(scope="module")

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import os
-import time
 
 import pytest
+from support.processes import pythonpath
+from support.waiting import connected
 
 from pandaflow.executors import PandaExecutor
 from pandaflow.server.db import make_engine
@@ -13,24 +14,10 @@ from pandaflow.server.db import make_engine
 HERE = os.path.dirname(os.path.abspath(__file__))
 
 
-def connected(executor: PandaExecutor) -> PandaExecutor:
-    """Wait until the executor's reply socket has heard the server (its first pong): a submission
-    sent before may have its acknowledgement dropped and wait 10 s for a resend."""
-    deadline = time.monotonic() + 60
-    while executor._epoch is None:
-        assert time.monotonic() < deadline, "the executor did not reach its server within 60 s"
-        time.sleep(0.05)
-    return executor
-
-
-def _with_this_directory(pythonpath: str | None) -> str:
-    # Pilots unpickle the apps by reference: they must import the test modules defining them.
-    return os.pathsep.join(filter(None, [HERE, pythonpath]))
-
-
 @pytest.fixture(autouse=True)
 def _importable_apps(monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", _with_this_directory(os.environ.get("PYTHONPATH")))
+    # Pilots unpickle the apps by reference: they must import the test modules defining them.
+    monkeypatch.setenv("PYTHONPATH", pythonpath(HERE))
 
 
 @pytest.fixture
@@ -50,7 +37,7 @@ def embedded(process_tag, load_parsl):
 def started(tmp_path_factory):
     """One started embedded PandaExecutor without parsl, for calling ``submit`` directly."""
     with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("PYTHONPATH", _with_this_directory(os.environ.get("PYTHONPATH")))
+        mp.setenv("PYTHONPATH", pythonpath(HERE))
         mp.delenv("PANDAFLOW_TEST_TAG", raising=False)  # not one test's processes: the module's
         executor = PandaExecutor(label="panda", workers=1)
         executor.run_dir = str(tmp_path_factory.mktemp("started"))

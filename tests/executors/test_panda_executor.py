@@ -3,14 +3,13 @@ through a parsl provider, a clean shutdown, and every task recorded in the job d
 
 from __future__ import annotations
 
-import time
-
 import parsl
 import pytest
 from parsl import python_app
 from parsl.executors.errors import InvalidResourceSpecification
 from parsl.providers import LocalProvider
 from sqlalchemy import select
+from support.waiting import wait_until
 
 from pandaflow.executors import SubmissionRefused
 from pandaflow.server import schema as s
@@ -41,14 +40,6 @@ def jobs_of(engine, client_id):
     with engine.connect() as conn:
         mine = s.jobs.c.uid.startswith(client_id + "-", autoescape=True)
         return conn.execute(select(s.jobs).where(mine).order_by(s.jobs.c.id)).all()
-
-
-def wait_for(predicate, timeout=60.0, what="the condition"):
-    deadline = time.monotonic() + timeout
-    while not predicate():
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(0.05)
 
 
 # ---------------------------------------------------------------- resource specification
@@ -126,7 +117,7 @@ def test_a_provider_pilot_uses_the_executors_token_whatever_the_environment_says
     monkeypatch.setenv("PANDAFLOW_TOKEN", "the-token-of-another-server")
     executor = embedded(provider=LocalProvider(init_blocks=1))
     future = add(1, 2)
-    wait_for(lambda: future.done() or provider_pilots_ended(executor), timeout=RESULT_TIMEOUT,
+    wait_until(lambda: future.done() or provider_pilots_ended(executor), timeout=RESULT_TIMEOUT,
              what="the task to run or the pilot to give up")  # fmt: skip
     assert future.result(timeout=0) == 3
 
@@ -152,7 +143,7 @@ def test_shutdown_leaves_no_process_behind(embedded, process_tag, pilots):
     assert any("pandaflow.server" in c for c in pandaflow_processes(process_tag))
     assert any("pandaflow.pilot" in c for c in pandaflow_processes(process_tag))
     parsl.dfk().cleanup()
-    wait_for(lambda: not process_tag.alive(), timeout=30, what="every process of the executor to exit")
+    wait_until(lambda: not process_tag.alive(), timeout=30, what="every process of the executor to exit")
 
 
 def test_every_task_is_recorded_durably_as_a_finished_job(embedded, recorded):

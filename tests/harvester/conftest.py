@@ -4,19 +4,16 @@ provider double that records calls and can be told to fail, and helpers to build
 from __future__ import annotations
 
 import pytest
-from databases import postgres_database
-from harvest_doubles import FakeProvider
+from support.databases import BOTH, database_url
+from support.harvest import FakeProvider
 
 from pandaflow import providers
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BOTH)
 def any_db_url(request, tmp_path):
     """A fresh, empty database: a SQLite file, or a new PostgreSQL database dropped afterwards."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'harvest.db'}"
-    else:
-        yield from postgres_database()
+    yield from database_url(request.param, tmp_path, "harvest.db")
 
 
 @pytest.fixture

@@ -7,11 +7,12 @@ import time
 
 import pytest
 from click.testing import CliRunner
+from support.servers import local_server
 
 from pandaflow.cli import main
 from pandaflow.harvester import workers as w
 from pandaflow.server import pilots
-from pandaflow.server.app import Server, ServerConfig, sync_queues
+from pandaflow.server.app import sync_queues
 from pandaflow.server.queues import parse_queues
 
 PREFIX = "/api/v1"
@@ -133,7 +134,7 @@ def test_a_queue_no_harvester_serves_has_no_harvester_status_and_counts_reserved
 def live_server(tmp_path, monkeypatch):
     monkeypatch.setenv("PANDAFLOW_HOME", str(tmp_path / "home"))
     monkeypatch.delenv("PANDAFLOW_SERVER", raising=False)
-    srv = Server(ServerConfig(db_url=f"sqlite:///{tmp_path / 'live.db'}", port=0, zmq_port=0, token="t"))
+    srv = local_server(f"sqlite:///{tmp_path / 'live.db'}", "t", start=False)
     queues = parse_queues([{"name": "q", "cores": 2, "provider": {"name": "local"}, "max_workers": 2}])
     sync_queues(srv.engine, queues)
     now = time.time()

@@ -4,7 +4,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from harvest_doubles import queue_set
+from support.harvest import queue_set
+from support.servers import serving
 
 from pandaflow.cli import main
 from pandaflow.server import submission
@@ -105,17 +106,12 @@ def test_workers_filters_by_state_and_refuses_unknown_states(tmp_path, database)
 
 def test_the_harvester_asks_a_running_server_where_pilots_should_connect(tmp_path, fake_provider):
     from pandaflow.client import Client
-    from pandaflow.server.app import Server, ServerConfig
 
     queues = tmp_path / "queues.json"
     queues.write_text(json.dumps({"queues": [{"name": "q", "provider": {"name": "fake"}, "max_workers": 2}]}))
     (tmp_path / "token").write_text("server-token")
     db = f"sqlite:///{tmp_path / 'live.db'}"
-    server = Server(
-        ServerConfig(db_url=db, port=0, zmq_port=0, token="server-token", queues_file=str(queues))
-    )
-    server.start()
-    try:
+    with serving(db, "server-token", queues_file=str(queues)) as server:
         Client(server.url, "server-token").submit("wf", [{"command": "true", "queue": "q"}])
         result = CliRunner().invoke(
             main,
@@ -135,5 +131,3 @@ def test_the_harvester_asks_a_running_server_where_pilots_should_connect(tmp_pat
         assert result.exit_code == 0, result.output
         command = fake_provider.instances[0].submitted[0][1]
         assert f"--zmq {server.dispatcher.endpoint} " in command
-    finally:
-        server.stop()

@@ -4,11 +4,12 @@ accounting, submissions, following workers, scale-in, and failures that stay wit
 import time
 
 import pytest
-from harvest_doubles import fake_queue, queue_set, submit_jobs
 from parsl.jobs.states import JobState
 from sqlalchemy import select
+from support.harvest import fake_queue, harvester, queue_set, register_pilot, submit_jobs
+from support.lookups import worker_row
 
-from pandaflow.harvester import Harvester, HarvesterConfig, accounting
+from pandaflow.harvester import accounting
 from pandaflow.harvester import workers as w
 from pandaflow.harvester.policy import Limits
 from pandaflow.server import assignment, pilots, queries, submission
@@ -23,34 +24,9 @@ def engine(tmp_path):
     engine.dispose()
 
 
-def harvester(engine, tmp_path, queues, name="h1", **kw):
-    cfg = HarvesterConfig(
-        zmq_endpoint="tcp://127.0.0.1:5555",
-        token="tok",
-        workdir=str(tmp_path / name),
-        name=name,
-        queues=queues,
-        interval=0.05,
-        **kw,
-    )
-    return Harvester(engine, cfg)
-
-
 def live_workers(engine, queue="q"):
     with engine.connect() as conn:
         return w.live(conn, queue=queue)
-
-
-def worker_row(engine, worker_id):
-    with engine.connect() as conn:
-        return conn.execute(select(s.workers).where(s.workers.c.id == worker_id)).mappings().one()
-
-
-def register_pilot(engine, worker_id, name="p1", queue="q", cores=2):
-    with engine.begin() as conn:
-        return pilots.register(
-            conn, {"pilot": name, "queue": queue, "cores": cores, "worker_id": worker_id}, time.time()
-        )
 
 
 def status_row(engine, queue="q"):

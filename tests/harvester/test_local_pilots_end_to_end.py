@@ -6,13 +6,13 @@ import json
 
 import pytest
 from click.testing import CliRunner
-from harvest_doubles import wait_until
-from sqlalchemy import select
+from support.lookups import rows
+from support.servers import serving
+from support.waiting import wait_until
 
 from pandaflow.cli import main
 from pandaflow.client import Client
 from pandaflow.server import schema as s
-from pandaflow.server.app import Server, ServerConfig
 
 TOKEN = "harvest-token"
 
@@ -37,28 +37,17 @@ def server(tmp_path, process_tag):
             }
         )
     )
-    srv = Server(
-        ServerConfig(
-            db_url=f"sqlite:///{tmp_path / 'server.db'}",
-            port=0,
-            zmq_port=0,
-            token=TOKEN,
-            queues_file=str(queues),
-            heartbeat_interval=0.5,
-            heartbeat_timeout=5.0,
-            harvester=True,
-            harvester_interval=0.25,
-            harvester_workdir=str(tmp_path / "harvester"),
-        )
-    )
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-def rows(server, table, *where):
-    with server.engine.connect() as conn:
-        return conn.execute(select(table).where(*where)).mappings().all()
+    with serving(
+        f"sqlite:///{tmp_path / 'server.db'}",
+        TOKEN,
+        queues_file=str(queues),
+        heartbeat_interval=0.5,
+        heartbeat_timeout=5.0,
+        harvester=True,
+        harvester_interval=0.25,
+        harvester_workdir=str(tmp_path / "harvester"),
+    ) as srv:
+        yield srv
 
 
 def test_ready_jobs_get_a_local_pilot_that_runs_them_and_is_scaled_in_when_idle(server, tmp_path):
@@ -70,6 +59,7 @@ def test_ready_jobs_get_a_local_pilot_that_runs_them_and_is_scaled_in_when_idle(
         lambda: all(r["status"] == "finished" for r in rows(server, s.jobs)) and rows(server, s.jobs),
         60,
         "the jobs to finish",
+        interval=0.1,
     )
     assert len(finished) == len(submitted["job_ids"]) == 4
     workers = rows(server, s.workers)
@@ -81,8 +71,15 @@ def test_ready_jobs_get_a_local_pilot_that_runs_them_and_is_scaled_in_when_idle(
         assert w["pilot_id"] in pilots and w["provider_job_id"]  # registered with its --worker-id
         assert pilots[w["pilot_id"]]["queue"] == "harvested" and pilots[w["pilot_id"]]["cores"] == 2
     # Idle for worker_idle_s: the harvester cancels the workers, and their pilots leave.
-    wait_until(lambda: all(w["state"] == "cancelled" for w in rows(server, s.workers)), 30, "scale-in")
-    wait_until(lambda: all(p["status"] == "exited" for p in rows(server, s.pilots)), 15, "the pilots to exit")
+    wait_until(
+        lambda: all(w["state"] == "cancelled" for w in rows(server, s.workers)), 30, "scale-in", interval=0.1
+    )
+    wait_until(
+        lambda: all(p["status"] == "exited" for p in rows(server, s.pilots)),
+        15,
+        "the pilots to exit",
+        interval=0.1,
+    )
     for w in rows(server, s.workers):
         assert w["error"].startswith("scaled in") and w["ended_at"] is not None
     status = rows(server, s.harvester_queues)[0]

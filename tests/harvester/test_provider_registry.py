@@ -1,12 +1,12 @@
 """The provider registry: names to parsl providers, blocks checked without constructing anything,
 providers built with the worker's size filled in, and jobs followed across a harvester restart."""
 
-import time
 
 import pytest
 from parsl.jobs.states import JobState
 from parsl.launchers import SimpleLauncher
 from parsl.providers import LocalProvider, SlurmProvider
+from support.waiting import wait_until
 
 from pandaflow import providers
 from pandaflow.providers import ProviderConfigError
@@ -77,13 +77,7 @@ def test_a_registered_class_is_usable_by_name_and_can_be_removed():
 
 
 def wait_for(provider, job_id, state, timeout=10.0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        found = provider.status([job_id])[0].state
-        if found == state:
-            return
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} is {found}, not {state}")
+    wait_until(lambda: provider.status([job_id])[0].state == state, timeout, f"job {job_id} to be {state}")
 
 
 def test_a_new_provider_instance_follows_and_cancels_a_job_an_earlier_one_started(tmp_path, process_tag):

@@ -7,13 +7,14 @@ import shlex
 import subprocess
 import sys
 
-from harvest_doubles import wait_until
-from sqlalchemy import select
+from support.lookups import rows
+from support.peers import Peer
+from support.servers import local_server
+from support.waiting import wait_until
 
 from pandaflow.client import Client
 from pandaflow.harvester import Harvester, HarvesterConfig
 from pandaflow.server import schema as s
-from pandaflow.server.app import Server, ServerConfig
 
 TOKEN = "push-token"
 
@@ -36,25 +37,14 @@ def queue_file(tmp_path, **overrides):
 
 
 def start_server(tmp_path, queues, **cfg):
-    srv = Server(
-        ServerConfig(
-            db_url=f"sqlite:///{tmp_path / 'server.db'}",
-            port=0,
-            zmq_port=0,
-            token=TOKEN,
-            queues_file=queues,
-            heartbeat_interval=0.5,
-            heartbeat_timeout=5.0,
-            **cfg,
-        )
+    return local_server(
+        f"sqlite:///{tmp_path / 'server.db'}",
+        TOKEN,
+        queues_file=queues,
+        heartbeat_interval=0.5,
+        heartbeat_timeout=5.0,
+        **cfg,
     )
-    srv.start()
-    return srv
-
-
-def rows(server, table):
-    with server.engine.connect() as conn:
-        return conn.execute(select(table).order_by(*table.primary_key.columns)).mappings().all()
 
 
 def finished(server, n):
@@ -73,7 +63,7 @@ def test_each_harvested_pilot_runs_exactly_the_jobs_reserved_for_its_worker(tmp_
     try:
         jobs = [{"name": f"p{i}", "command": f"echo pushed {i}", "queue": "pushed"} for i in range(2)]
         Client(server.url, TOKEN).submit("push-e2e", jobs)
-        done = wait_until(lambda: finished(server, 2), 90, "the jobs to finish")
+        done = wait_until(lambda: finished(server, 2), 90, "the jobs to finish", interval=0.1)
         workers = {wk["id"]: wk for wk in rows(server, s.workers)}
         # Two one-slot workers, one job reserved for each; each job ran on its own worker's pilot.
         assert len(workers) == 2 and {j["worker_id"] for j in done} == set(workers)
@@ -81,7 +71,12 @@ def test_each_harvested_pilot_runs_exactly_the_jobs_reserved_for_its_worker(tmp_
             assert job["pilot_id"] == workers[job["worker_id"]]["pilot_id"] is not None
         status = rows(server, s.harvester_queues)[0]
         assert status["error"] == ""
-        wait_until(lambda: all(w["state"] == "cancelled" for w in rows(server, s.workers)), 30, "scale-in")
+        wait_until(
+            lambda: all(w["state"] == "cancelled" for w in rows(server, s.workers)),
+            30,
+            "scale-in",
+            interval=0.1,
+        )
     finally:
         server.stop()
 
@@ -109,7 +104,12 @@ def test_a_worker_whose_pilot_cannot_start_gives_its_job_to_the_next_worker(tmp_
         (first,) = harvest.cycle()["pushed"].submitted
         assert rows(server, s.jobs)[0]["worker_id"] == first
         harvest.cfg.python = sys.executable  # the workers after the first can start their pilot
-        wait_until(lambda: harvest.cycle() and finished(server, 1), 90, "the job to run on a new worker")
+        wait_until(
+            lambda: harvest.cycle() and finished(server, 1),
+            90,
+            "the job to run on a new worker",
+            interval=0.1,
+        )
         (job,) = rows(server, s.jobs)
         lost, second = rows(server, s.workers)
         assert (lost["id"], second["id"]) == (first, job["worker_id"])
@@ -160,13 +160,18 @@ def test_a_reservation_survives_a_server_restart_and_no_other_pilot_takes_it(
         ]  # fmt: skip
         (tmp_path / "by-hand").mkdir()
         pilots.append(subprocess.Popen(by_hand))
-        wait_until(lambda: rows(server, s.jobs)[1]["status"] == "finished", 60, "the pulling pilot's job")
+        wait_until(
+            lambda: rows(server, s.jobs)[1]["status"] == "finished",
+            60,
+            "the pulling pilot's job",
+            interval=0.1,
+        )
         assert rows(server, s.jobs)[0]["status"] == "reserved"
         # The command the provider was given, pointed at the restarted server's dispatcher.
         args = shlex.split(command)
         args[args.index("--zmq") + 1] = server.dispatcher.endpoint
         pilots.append(subprocess.Popen(args))
-        wait_until(lambda: finished(server, 2), 60, "the reserved job")
+        wait_until(lambda: finished(server, 2), 60, "the reserved job", interval=0.1)
         reserved, free = rows(server, s.jobs)
         (worker_row,) = rows(server, s.workers)
         assert (reserved["id"], free["id"]) == (reserved_id, free_id)
@@ -181,35 +186,6 @@ def test_a_reservation_survives_a_server_restart_and_no_other_pilot_takes_it(
             except subprocess.TimeoutExpired:
                 proc.kill()
         server.stop()
-
-
-class Peer:
-    """A raw ZeroMQ socket playing a pilot."""
-
-    def __init__(self, endpoint, name):
-        import zmq
-
-        self.sock = zmq.Context.instance().socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.ROUTING_ID, name.encode())
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
-
-    def send(self, op, **body):
-        from pandaflow import protocol
-
-        self.sock.send(protocol.encode({"tok": TOKEN, "op": op, **body}))
-
-    def receive(self, op):
-        from pandaflow import protocol
-
-        while self.sock.poll(10_000):
-            message = protocol.decode(self.sock.recv())
-            if message["op"] == op:
-                return message
-        raise AssertionError(f"no {op!r} message")
-
-    def close(self):
-        self.sock.close(0)
 
 
 def new_worker(server, reserve=0):
@@ -231,7 +207,7 @@ def test_a_push_pilots_request_is_served_its_reserved_jobs_first_then_the_queues
     holds the jobs reserved for its worker, even ahead of a higher-priority ready job, then fills
     the rest of the request from the queue."""
     server = start_server(tmp_path, queue_file(tmp_path))
-    pilot = Peer(server.dispatcher.endpoint, "push-pilot")
+    pilot = Peer(server.dispatcher.endpoint, "push-pilot", TOKEN)
     try:
         client = Client(server.url, TOKEN)
         first, second = client.submit("r", [{"command": "true", "queue": "pushed"}] * 2)["job_ids"].values()
@@ -240,11 +216,11 @@ def test_a_push_pilots_request_is_served_its_reserved_jobs_first_then_the_queues
             "job_ids"
         ].values()
         pilot.send("register", queue="pushed", cores=2, worker_id=worker)
-        pilot.receive("registered")
+        pilot.recv("registered", timeout=10.0)
         pilot.send("request", want={"n": 2, "cores": 2})
-        handed = [job["id"] for job in pilot.receive("jobs")["jobs"]]
+        handed = [job["id"] for job in pilot.recv("jobs", timeout=10.0)["jobs"]]
         if len(handed) < 2:  # the reserved jobs and the pulled ones may come as two messages
-            handed += [job["id"] for job in pilot.receive("jobs")["jobs"]]
+            handed += [job["id"] for job in pilot.recv("jobs", timeout=10.0)["jobs"]]
         assert handed == [first, urgent]  # its own job first, then the queue's by priority
         assert rows(server, s.jobs)[second - 1]["status"] == "ready"  # left for whoever asks next
         assert rows(server, s.workers)[0]["pilot_id"] is not None
@@ -257,19 +233,20 @@ def test_a_push_pilot_gets_its_reserved_jobs_while_other_pilots_of_the_queue_wai
     """An idle pilot of the queue asked first and found nothing: that must not hide the jobs
     reserved for the next pilot's worker."""
     server = start_server(tmp_path, queue_file(tmp_path))
-    idle, pushed = Peer(server.dispatcher.endpoint, "idle"), Peer(server.dispatcher.endpoint, "pushed")
+    idle = Peer(server.dispatcher.endpoint, "idle", TOKEN)
+    pushed = Peer(server.dispatcher.endpoint, "pushed", TOKEN)
     try:
         Client(server.url, TOKEN).submit("r", [{"command": "true", "queue": "pushed"}])
         worker = new_worker(server, reserve=1)
         idle.send("register", queue="pushed", cores=1, worker_id=new_worker(server))
-        idle.receive("registered")
+        idle.recv("registered", timeout=10.0)
         idle.send("request", want={"n": 2, "cores": 1})
         idle.send("heartbeat", want={"n": 2, "cores": 1})
-        assert idle.receive("hb")  # its request was handled (in an earlier or the same turn)
+        assert idle.recv("hb", timeout=10.0)  # its request was handled (in an earlier or the same turn)
         pushed.send("register", queue="pushed", cores=1, worker_id=worker)
-        pushed.receive("registered")
+        pushed.recv("registered", timeout=10.0)
         pushed.send("request", want={"n": 2, "cores": 1})
-        assert [job["id"] for job in pushed.receive("jobs")["jobs"]] == [1]
+        assert [job["id"] for job in pushed.recv("jobs", timeout=10.0)["jobs"]] == [1]
     finally:
         idle.close()
         pushed.close()

@@ -5,15 +5,16 @@ them, and a worker that ends without taking them gives them back."""
 import time
 
 import pytest
-from harvest_doubles import fake_queue, queue_set, submit_jobs
 from parsl.jobs.states import JobState
 from sqlalchemy import select
+from support.harvest import fake_queue, harvester, queue_set, register_pilot, submit_jobs
+from support.lookups import worker_row
 
-from pandaflow.harvester import Harvester, HarvesterConfig, accounting
+from pandaflow.errorcodes import ErrorCode
+from pandaflow.harvester import accounting
 from pandaflow.harvester import workers as w
 from pandaflow.harvester.policy import Limits
-from pandaflow.pilot.errorcodes import ErrorCode
-from pandaflow.server import assignment, completion, control, pilots, push, queries
+from pandaflow.server import assignment, completion, control, push, queries
 from pandaflow.server import schema as s
 from pandaflow.server.db import open_database
 
@@ -29,18 +30,6 @@ def push_queue(name="q", **kw):
     return fake_queue(name, **{"mode": "push", **kw})
 
 
-def harvester(engine, tmp_path, queues, name="h1"):
-    cfg = HarvesterConfig(
-        zmq_endpoint="tcp://127.0.0.1:5555",
-        token="tok",
-        workdir=str(tmp_path / name),
-        name=name,
-        queues=queues,
-        interval=0.05,
-    )
-    return Harvester(engine, cfg)
-
-
 def jobs_by_id(engine):
     with engine.connect() as conn:
         return {r["id"]: r for r in conn.execute(select(s.jobs)).mappings()}
@@ -50,18 +39,6 @@ def reserved_for(engine, worker_id):
     return sorted(
         j for j, r in jobs_by_id(engine).items() if r["status"] == "reserved" and r["worker_id"] == worker_id
     )
-
-
-def register_pilot(engine, worker_id, name="p1", queue="q", cores=2):
-    with engine.begin() as conn:
-        return pilots.register(
-            conn, {"pilot": name, "queue": queue, "cores": cores, "worker_id": worker_id}, time.time()
-        )
-
-
-def worker_row(engine, worker_id):
-    with engine.connect() as conn:
-        return conn.execute(select(s.workers).where(s.workers.c.id == worker_id)).mappings().one()
 
 
 # ---------------------------------------------------------------- reserving

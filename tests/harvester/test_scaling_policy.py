@@ -1,8 +1,9 @@
 """Scaling decisions: how many workers to submit and which to cancel, from demand and supply."""
 
 from pandaflow.harvester import workers as w
-from pandaflow.harvester.accounting import PilotView, Snapshot
+from pandaflow.harvester.accounting import Snapshot
 from pandaflow.harvester.policy import Limits, decide
+from pandaflow.server.demand import PilotView
 from pandaflow.server.queues import parse_queues
 
 ME = "harvester-1"

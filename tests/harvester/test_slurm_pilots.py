@@ -7,12 +7,12 @@ import os
 import subprocess
 
 import pytest
-from harvest_doubles import wait_until
-from sqlalchemy import select
+from support.lookups import rows
+from support.servers import local_server
+from support.waiting import wait_until
 
 from pandaflow.client import Client
 from pandaflow.server import schema as s
-from pandaflow.server.app import Server, ServerConfig
 
 TOKEN = "slurm-token"
 
@@ -46,27 +46,16 @@ def start_server(tmp_path, **queue):
         **queue,
     }
     queues.write_text(json.dumps({"queues": [entry]}))
-    srv = Server(
-        ServerConfig(
-            db_url=f"sqlite:///{tmp_path / 'server.db'}",
-            port=0,
-            zmq_port=0,
-            token=TOKEN,
-            queues_file=str(queues),
-            heartbeat_interval=0.5,
-            heartbeat_timeout=10.0,
-            harvester=True,
-            harvester_interval=0.25,
-            harvester_workdir=str(tmp_path / "harvester"),
-        )
+    return local_server(
+        f"sqlite:///{tmp_path / 'server.db'}",
+        TOKEN,
+        queues_file=str(queues),
+        heartbeat_interval=0.5,
+        heartbeat_timeout=10.0,
+        harvester=True,
+        harvester_interval=0.25,
+        harvester_workdir=str(tmp_path / "harvester"),
     )
-    srv.start()
-    return srv
-
-
-def rows(server, table):
-    with server.engine.connect() as conn:
-        return conn.execute(select(table)).mappings().all()
 
 
 def squeue_state(job_id: str) -> str:
@@ -89,6 +78,7 @@ def test_a_pilot_goes_in_with_sbatch_runs_the_jobs_and_is_cancelled_with_scancel
             ),
             90,
             "the jobs to finish on the Slurm pilot",
+            interval=0.1,
         )
         (worker,) = rows(server, s.workers)
         slurm_id = worker["provider_job_id"]
@@ -102,9 +92,11 @@ def test_a_pilot_goes_in_with_sbatch_runs_the_jobs_and_is_cancelled_with_scancel
         ]
         assert "#SBATCH --mem=1g" in script.read_text() and "--worker-id" in script.read_text()
         # Idle: the harvester cancels it with scancel; Slurm drops the job and the pilot leaves.
-        wait_until(lambda: rows(server, s.workers)[0]["state"] == "cancelled", 60, "scale-in")
-        wait_until(lambda: squeue_state(slurm_id) in ("", "CA"), 30, "Slurm to end the job")
-        wait_until(lambda: rows(server, s.pilots)[0]["status"] == "exited", 30, "the pilot to exit")
+        wait_until(lambda: rows(server, s.workers)[0]["state"] == "cancelled", 60, "scale-in", interval=0.1)
+        wait_until(lambda: squeue_state(slurm_id) in ("", "CA"), 30, "Slurm to end the job", interval=0.1)
+        wait_until(
+            lambda: rows(server, s.pilots)[0]["status"] == "exited", 30, "the pilot to exit", interval=0.1
+        )
     finally:
         server.stop()
 
@@ -113,12 +105,15 @@ def test_a_submission_slurm_refuses_fails_its_worker_and_shows_on_the_queue(tmp_
     server = start_server(tmp_path, provider={"name": "slurm", "partition": "no_such_partition"})
     try:
         Client(server.url, TOKEN).submit("refused", [{"command": "true", "queue": "slurm"}])
-        worker = wait_until(lambda: rows(server, s.workers), 30, "a submission attempt")[0]
-        wait_until(lambda: rows(server, s.workers)[0]["state"] == "failed", 30, "the failure")
+        worker = wait_until(lambda: rows(server, s.workers), 30, "a submission attempt", interval=0.1)[0]
+        wait_until(lambda: rows(server, s.workers)[0]["state"] == "failed", 30, "the failure", interval=0.1)
         worker = rows(server, s.workers)[0]
         assert "invalid partition" in worker["error"].lower()
         status = wait_until(
-            lambda: [q for q in rows(server, s.harvester_queues) if q["error"]], 30, "queue error"
+            lambda: [q for q in rows(server, s.harvester_queues) if q["error"]],
+            30,
+            "queue error",
+            interval=0.1,
         )
         assert "invalid partition" in status[0]["error"].lower()
         assert "slurm" in server.harvester.errors
@@ -133,11 +128,14 @@ def test_on_a_push_queue_the_slurm_pilot_runs_the_job_reserved_for_its_worker(tm
             "slurm-push", [{"command": "echo pushed in $SLURM_JOB_ID", "queue": "slurm"}]
         )
         (job,) = wait_until(
-            lambda: [j for j in rows(server, s.jobs) if j["status"] == "finished"], 90, "the job to finish"
+            lambda: [j for j in rows(server, s.jobs) if j["status"] == "finished"],
+            90,
+            "the job to finish",
+            interval=0.1,
         )
         (worker,) = rows(server, s.workers)
         assert job["worker_id"] == worker["id"] and job["pilot_id"] == worker["pilot_id"] is not None
         assert job["stdout_tail"].strip() == f"pushed in {worker['provider_job_id']}"
-        wait_until(lambda: rows(server, s.workers)[0]["state"] == "cancelled", 60, "scale-in")
+        wait_until(lambda: rows(server, s.workers)[0]["state"] == "cancelled", 60, "scale-in", interval=0.1)
     finally:
         server.stop()

@@ -11,20 +11,18 @@ import os
 import secrets
 
 import pytest
-from databases import postgres_database
-from pfharness import PilotProcess, ServerProcess, connected, heartbeating, wait_until
+from support.databases import BOTH, database_url
+from support.processes import PilotProcess, ServerProcess, heartbeating, pythonpath
+from support.waiting import connected, wait_until
 
 from pandaflow.executors import PandaExecutor
 from pandaflow.server.db import make_engine
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BOTH)
 def db_url(request, tmp_path):
     """A fresh, empty database: a SQLite file, or a new PostgreSQL database dropped afterwards."""
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'pandaflow.db'}"
-    else:
-        yield from postgres_database()
+    yield from database_url(request.param, tmp_path, "pandaflow.db")
 
 
 @pytest.fixture
@@ -37,8 +35,7 @@ def sqlite_url(tmp_path):
 def _processes(process_tag, monkeypatch):
     """Every integration test kills what it started, whatever happens; and pilots can import the
     test modules, where the apps are defined (parsl pickles functions by reference)."""
-    here = os.path.dirname(os.path.abspath(__file__))
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [here, os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("PYTHONPATH", pythonpath(os.path.dirname(os.path.abspath(__file__))))
     return process_tag
 
 

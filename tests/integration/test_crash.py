@@ -7,11 +7,13 @@ from __future__ import annotations
 import time
 
 from parsl import python_app
-from pfharness import attempts_of, connected, job_by_uid_prefix, jobs_of_task, named, wait_until
 from sqlalchemy import select
+from support.lookups import attempts_of, job_by_uid_prefix, jobs_of_task
+from support.processes import named
+from support.waiting import connected, wait_until
 
+from pandaflow.errorcodes import ErrorCode
 from pandaflow.executors import PandaExecutor
-from pandaflow.pilot.errorcodes import ErrorCode
 from pandaflow.server import schema as s
 from pandaflow.server.db import make_engine
 

@@ -3,7 +3,7 @@ failure, and an 'always' final job."""
 
 from pathlib import Path
 
-from pfharness import wait_until
+from support.waiting import wait_until
 
 from pandaflow import dagfile
 

@@ -11,10 +11,11 @@ import sys
 import pytest
 from parsl import bash_app, python_app
 from parsl.app.errors import BashExitFailure
-from pfharness import attempts_of, jobs_of_task, wait_until
+from support.lookups import attempts_of, jobs_of_task
+from support.waiting import wait_until
 
+from pandaflow.errorcodes import ErrorCode
 from pandaflow.executors import SubmissionRefused, TaskFailed
-from pandaflow.pilot.errorcodes import ErrorCode
 
 RESULT_TIMEOUT = 120  # seconds a future gets; generous, tests never assert on timing
 

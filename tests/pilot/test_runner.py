@@ -12,7 +12,7 @@ import pytest
 from parsl.app.errors import RemoteExceptionWrapper
 from parsl.serialize import deserialize, pack_apply_message
 
-from pandaflow.pilot.errorcodes import ErrorCode
+from pandaflow.errorcodes import ErrorCode
 from pandaflow.pilot.runner import Outcome, Payload, PayloadRunner
 
 MB = 1 << 20

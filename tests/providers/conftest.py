@@ -7,7 +7,7 @@ import shutil
 import subprocess
 
 import pytest
-from fake_kube_api import TOKEN, FakeKubeApi, write_kubeconfig
+from support.kube_api import TOKEN, FakeKubeApi, write_kubeconfig
 
 
 @pytest.fixture

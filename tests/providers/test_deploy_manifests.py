@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fake_kube_api import FakeKubeApi, write_kubeconfig
+from support.kube_api import FakeKubeApi, write_kubeconfig
 
 from pandaflow.cli import main as cli
 from pandaflow.providers.kubernetes import KubernetesProvider

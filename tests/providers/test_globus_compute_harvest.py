@@ -12,6 +12,7 @@ pytest.importorskip("globus_compute_endpoint")
 
 import globus_compute_sdk  # noqa: E402
 from sqlalchemy import select  # noqa: E402
+from support.waiting import wait_until  # noqa: E402
 from test_globus_compute_loopback import LoopbackExecutor, endpoint_engine  # noqa: E402, F401
 
 from pandaflow.harvester import Harvester, HarvesterConfig, policy  # noqa: E402
@@ -77,13 +78,6 @@ def worker(engine):
         return conn.execute(select(s.workers).order_by(s.workers.c.id)).mappings().first()
 
 
-def until(check, timeout=30.0):
-    deadline = time.monotonic() + timeout
-    while not check():
-        assert time.monotonic() < deadline, "timed out"
-        time.sleep(0.05)
-
-
 def test_ready_work_becomes_a_pilot_function_running_the_pilot_command(engine, tmp_path, loopback):
     python = fake_python(tmp_path, "trap 'exit 0' TERM; while :; do sleep 0.05; done")
     harvester = hpc_harvester(engine, tmp_path, python)
@@ -94,7 +88,7 @@ def test_ready_work_becomes_a_pilot_function_running_the_pilot_command(engine, t
     key = row["provider_job_id"].rpartition("/")[0]
     assert key.startswith(f"pandaflow-{QUEUE}-{row['id']}-")
     log = tmp_path / "pilots" / f"{key}.log"
-    until(lambda: log.exists() and log.read_text())
+    wait_until(lambda: log.exists() and log.read_text(), 30, "the pilot command's output")
     assert log.read_text().startswith(
         f"pilot -m pandaflow.pilot --zmq tcp://server:8801 --queue {QUEUE} --cores 4 --memory 16384 "
     )
@@ -109,7 +103,7 @@ def test_a_pilot_that_exits_before_registering_is_missing_with_its_log(engine, t
     harvester = hpc_harvester(engine, tmp_path, python)
     harvester.cycle()
     provider = provider_of(harvester)
-    until(lambda: all(f.done() for f in provider.futures.values()))
+    wait_until(lambda: all(f.done() for f in provider.futures.values()), 30, "the pilot functions to end")
     harvester.cycle()
     row = worker(engine)
     assert (row["state"], row["batch_state"]) == (w.MISSING, "FAILED")
@@ -123,17 +117,22 @@ def test_idle_pilots_are_asked_to_stop_and_drain(engine, tmp_path, loopback):
     harvester.cycle()
     row = worker(engine)
     key = row["provider_job_id"].rpartition("/")[0]
-    until(lambda: (tmp_path / "pilots" / f"{key}.pid").exists())
+    wait_until(lambda: (tmp_path / "pilots" / f"{key}.pid").exists(), 30, "the pilot to start")
     with engine.begin() as conn:
         pilots.register(
             conn, {"pilot": "p1", "queue": QUEUE, "cores": 4, "worker_id": row["id"]}, time.time()
         )
         conn.execute(s.jobs.delete())  # the work went elsewhere; the queue is quiet
     cancelled = []
-    until(lambda: cancelled.extend(harvester.cycle()[QUEUE].cancelled) or cancelled)  # once idle long enough
+
+    def scaled_in():
+        return cancelled.extend(harvester.cycle()[QUEUE].cancelled) or cancelled
+
+    wait_until(scaled_in, 30, "scale-in once the pilot is idle long enough")
     assert cancelled == [row["id"]] and worker(engine)["state"] == w.CANCELLED
     assert [name for name, _a, _k in loopback.submitted] == ["run_pilot", "stop_pilot"]
-    until(lambda: "draining" in (tmp_path / "pilots" / f"{key}.log").read_text())
+    log = tmp_path / "pilots" / f"{key}.log"
+    wait_until(lambda: "draining" in log.read_text(), 30, "the pilot to drain")
 
 
 def provider_of(harvester):

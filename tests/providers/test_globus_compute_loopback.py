@@ -31,6 +31,7 @@ from globus_compute_sdk.sdk.asynchronous.compute_future import ComputeFuture  # 
 from globus_compute_sdk.sdk.batch import Batch  # noqa: E402
 from globus_compute_sdk.sdk.client import FunctionRegistrationData  # noqa: E402
 from globus_compute_sdk.serialize import PureSourceTextInspect  # noqa: E402
+from support.waiting import wait_until  # noqa: E402
 
 from pandaflow.providers.globus_compute import functions, source_serializer  # noqa: E402
 
@@ -167,7 +168,7 @@ def test_stop_pilot_run_on_the_endpoint_makes_a_running_pilot_exit(loopback, tmp
         functions.run_pilot, command="trap 'echo draining; exit 0' TERM; while :; do sleep 0.05; done",
         key="p2", state_dir=state, poll_s=0.05,
     )  # fmt: skip
-    _wait_for(tmp_path / "state" / "p2.pid")
+    wait_until((tmp_path / "state" / "p2.pid").exists, 30, "the pilot's pid file", interval=0.02)
     assert loopback.submit(functions.stop_pilot, key="p2", state_dir=state).result(timeout=60) == {
         "key": "p2", "running": True
     }  # fmt: skip
@@ -204,13 +205,6 @@ def test_an_exception_on_the_endpoint_comes_back_as_task_execution_failed(loopba
         future.result(timeout=60)
 
 
-def _wait_for(path, timeout: float = 30.0) -> None:
-    deadline = time.monotonic() + timeout
-    while not path.exists():
-        assert time.monotonic() < deadline, f"{path} never appeared"
-        time.sleep(0.02)
-
-
 @pytest.mark.slow
 def test_the_production_engine_runs_and_stops_a_pilot(tmp_path, monkeypatch):
     """GlobusComputeEngine, what endpoints run by default: parsl's HighThroughputExecutor with its
@@ -237,7 +231,7 @@ def test_the_production_engine_runs_and_stops_a_pilot(tmp_path, monkeypatch):
             functions.run_pilot, command="trap 'echo draining; exit 0' TERM; while :; do sleep 0.05; done",
             key="p1", state_dir=state, poll_s=0.05,
         )  # fmt: skip
-        _wait_for(tmp_path / "state" / "p1.pid", timeout=120)
+        wait_until((tmp_path / "state" / "p1.pid").exists, 120, "the pilot's pid file", interval=0.02)
         loopback.submit(functions.stop_pilot, key="p1", state_dir=state).result(timeout=120)
         result = pilot.result(timeout=120)
         assert (result["exit_code"], result["stopped"]) == (0, "asked to stop")

@@ -12,6 +12,7 @@ pytest.importorskip("globus_compute_endpoint")
 import globus_compute_sdk  # noqa: E402
 from globus_compute_sdk.serialize import PureSourceTextInspect  # noqa: E402
 from parsl.jobs.states import JobState  # noqa: E402
+from support.waiting import wait_until  # noqa: E402
 from test_globus_compute_loopback import LoopbackExecutor, endpoint_engine  # noqa: E402, F401
 
 from pandaflow import providers  # noqa: E402
@@ -42,10 +43,7 @@ def settle(provider, job_id, timeout=60.0):
 
 def wait_running(provider, job_id, tmp_path):
     key = job_id.rpartition("/")[0]
-    deadline = time.monotonic() + 30
-    while not (tmp_path / "pilots" / f"{key}.pid").exists():
-        assert time.monotonic() < deadline, "the pilot never started"
-        time.sleep(0.02)
+    wait_until((tmp_path / "pilots" / f"{key}.pid").exists, 30, "the pilot to start", interval=0.02)
 
 
 # ---------------------------------------------------------------- submit

@@ -3,8 +3,8 @@ creates, the calls it makes for submit / status / cancel, how states map to pars
 finds and authenticates to the API server (kubeconfig, in-cluster, TLS)."""
 
 import pytest
-from fake_kube_api import TOKEN, FakeKubeApi, b64, write_kubeconfig
 from parsl.jobs.states import JobState
+from support.kube_api import TOKEN, FakeKubeApi, b64, write_kubeconfig
 
 from pandaflow import providers
 from pandaflow.providers.kubernetes import KubernetesApiError, KubernetesConfigError, KubernetesProvider

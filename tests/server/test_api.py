@@ -4,7 +4,7 @@ import re
 import pytest
 from sqlalchemy import func, select
 
-from pandaflow.pilot.errorcodes import ErrorCode
+from pandaflow.errorcodes import ErrorCode
 from pandaflow.server import queries
 from pandaflow.server import schema as s
 

@@ -1,19 +1,16 @@
 """Hold and release, and what a user retry leaves on the jobs it revives (on both databases)."""
 
 import pytest
-from databases import postgres_database
 from sqlalchemy import select
+from support.databases import BOTH, database_url
 
 from pandaflow.server import assignment, control, states
 from pandaflow.server import schema as s
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BOTH)
 def db_url(request, tmp_path):
-    if request.param == "sqlite":
-        yield "sqlite:///" + str(tmp_path / "t.db")
-    else:
-        yield from postgres_database()
+    yield from database_url(request.param, tmp_path, "t.db")
 
 
 def act(engine, action, **what):

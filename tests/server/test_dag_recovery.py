@@ -2,8 +2,8 @@
 retries that undo what a failure did downstream (bps restart)."""
 
 import pytest
-from databases import postgres_database
 from sqlalchemy import select
+from support.databases import BOTH, database_url
 
 from pandaflow.server import control
 from pandaflow.server import schema as s
@@ -11,13 +11,10 @@ from pandaflow.server import schema as s
 SMALL = "small"
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(params=BOTH)
 def db_url(request, tmp_path):
     """The set-based SQL of pruning and revival runs on both databases."""
-    if request.param == "sqlite":
-        yield "sqlite:///" + str(tmp_path / "t.db")
-    else:
-        yield from postgres_database()
+    yield from database_url(request.param, tmp_path, "t.db")
 
 
 

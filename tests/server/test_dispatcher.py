@@ -3,62 +3,24 @@
 import time
 
 import pytest
-import zmq
 from sqlalchemy import select
+from support.lookups import job_row
+from support.peers import Peer
+from support.servers import serving
 
-from pandaflow import protocol
-from pandaflow.pilot.errorcodes import ErrorCode
+from pandaflow.errorcodes import ErrorCode
 from pandaflow.server import schema as s
 from pandaflow.server import states
-from pandaflow.server.app import Server, ServerConfig
 
 TOKEN = "secret-token"
 
 
 @pytest.fixture
 def server(tmp_path):
-    srv = Server(
-        ServerConfig(
-            db_url=f"sqlite:///{tmp_path / 'd.db'}",
-            port=0,
-            zmq_port=0,
-            token=TOKEN,
-            heartbeat_interval=0.5,
-            heartbeat_timeout=1.5,
-        )
-    )
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-class Peer:
-    def __init__(self, endpoint, name, token=TOKEN):
-        self.sock = zmq.Context.instance().socket(zmq.DEALER)
-        self.sock.setsockopt(zmq.ROUTING_ID, name.encode())
-        self.sock.setsockopt(zmq.LINGER, 0)
-        self.sock.connect(endpoint)
-        self.token = token
-
-    def send(self, op, **body):
-        self.sock.send(protocol.encode({"tok": self.token, "op": op, **body}))
-
-    def recv(self, op=None, timeout=5.0):
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if self.sock.poll(100):
-                msg = protocol.decode(self.sock.recv())
-                if op is None or msg["op"] == op:
-                    return msg
-        raise AssertionError(f"no {op or 'message'} within {timeout} s")
-
-    def close(self):
-        self.sock.close(0)
-
-
-def job_row(server, job_id):
-    with server.engine.connect() as conn:
-        return conn.execute(select(s.jobs).where(s.jobs.c.id == job_id)).mappings().one()
+    with serving(
+        f"sqlite:///{tmp_path / 'd.db'}", TOKEN, heartbeat_interval=0.5, heartbeat_timeout=1.5
+    ) as srv:
+        yield srv
 
 
 def test_a_peer_with_a_wrong_token_is_refused(server):
@@ -71,8 +33,8 @@ def test_a_peer_with_a_wrong_token_is_refused(server):
 
 
 def test_submit_dispatch_result_and_notification_round_trip(server):
-    client = Peer(server.dispatcher.endpoint, "client-1")
-    pilot = Peer(server.dispatcher.endpoint, "pilot-1")
+    client = Peer(server.dispatcher.endpoint, "client-1", TOKEN)
+    pilot = Peer(server.dispatcher.endpoint, "pilot-1", TOKEN)
     pilot.send("register", queue="local", cores=2, host="h", pid=1)
     assert pilot.recv("registered")["pilot_id"] >= 1
     pilot.send("request", want={"n": 4})
@@ -107,8 +69,8 @@ def test_submit_dispatch_result_and_notification_round_trip(server):
 
 
 def test_a_retryable_failure_is_dispatched_again_with_the_next_attempt_number(server):
-    client = Peer(server.dispatcher.endpoint, "client-2")
-    pilot = Peer(server.dispatcher.endpoint, "pilot-2")
+    client = Peer(server.dispatcher.endpoint, "client-2", TOKEN)
+    pilot = Peer(server.dispatcher.endpoint, "pilot-2", TOKEN)
     pilot.send("register", queue="local", cores=1)
     pilot.recv("registered")
     client.send("submit", batch=1, jobs=[{"uid": "r1", "command": "false", "max_attempts": 2}])
@@ -156,7 +118,7 @@ def test_a_retryable_failure_is_dispatched_again_with_the_next_attempt_number(se
 
 
 def test_a_resent_submission_is_stored_once(server):
-    client = Peer(server.dispatcher.endpoint, "client-3")
+    client = Peer(server.dispatcher.endpoint, "client-3", TOKEN)
     for _ in range(2):
         client.send("submit", batch=1, jobs=[{"uid": "dup", "command": "echo"}])
         client.recv("submitted")
@@ -165,7 +127,7 @@ def test_a_resent_submission_is_stored_once(server):
 
 
 def test_a_job_no_queue_can_hold_is_rejected_alone(server):
-    client = Peer(server.dispatcher.endpoint, "client-4")
+    client = Peer(server.dispatcher.endpoint, "client-4", TOKEN)
     client.send(
         "submit",
         batch=1,
@@ -187,8 +149,8 @@ def wait_for_status(server, job_id, status, timeout=10.0):
 
 
 def test_a_silent_pilot_is_lost_and_its_running_job_retried_with_lost_heartbeat(server):
-    client = Peer(server.dispatcher.endpoint, "client-5")
-    pilot = Peer(server.dispatcher.endpoint, "pilot-5")
+    client = Peer(server.dispatcher.endpoint, "client-5", TOKEN)
+    pilot = Peer(server.dispatcher.endpoint, "pilot-5", TOKEN)
     pilot.send("register", queue="local", cores=1)
     pilot.recv("registered")
     pilot.send("request", want={"n": 1})
@@ -203,8 +165,8 @@ def test_a_silent_pilot_is_lost_and_its_running_job_retried_with_lost_heartbeat(
 
 
 def test_a_lost_pilot_gives_back_the_attempt_of_a_job_it_never_started(server):
-    client = Peer(server.dispatcher.endpoint, "client-5b")
-    pilot = Peer(server.dispatcher.endpoint, "pilot-5b")
+    client = Peer(server.dispatcher.endpoint, "client-5b", TOKEN)
+    pilot = Peer(server.dispatcher.endpoint, "pilot-5b", TOKEN)
     pilot.send("register", queue="local", cores=1)
     pilot.recv("registered")
     pilot.send("request", want={"n": 1})
@@ -220,8 +182,8 @@ def test_a_lost_pilot_gives_back_the_attempt_of_a_job_it_never_started(server):
 
 
 def test_a_client_that_missed_results_gets_them_by_sync(server):
-    client = Peer(server.dispatcher.endpoint, "client-6")
-    pilot = Peer(server.dispatcher.endpoint, "pilot-6")
+    client = Peer(server.dispatcher.endpoint, "client-6", TOKEN)
+    pilot = Peer(server.dispatcher.endpoint, "pilot-6", TOKEN)
     pilot.send("register", queue="local", cores=1)
     pilot.recv("registered")
     client.send("submit", batch=1, jobs=[{"uid": "s1", "command": "echo"}])
@@ -231,7 +193,7 @@ def test_a_client_that_missed_results_gets_them_by_sync(server):
     job = pilot.recv("jobs")["jobs"][0]
     pilot.send("results", outcomes=[{"id": job["id"], "attempt": 1, "ok": True, "error_code": 0}])
     pilot.recv("acked")
-    client = Peer(server.dispatcher.endpoint, "client-6")
+    client = Peer(server.dispatcher.endpoint, "client-6", TOKEN)
     client.send("sync", uids=["s1", "never-submitted"])
     replies = {m["op"]: m for m in (client.recv(), client.recv())}
     assert replies["synced"]["unknown"] == ["never-submitted"]
@@ -239,7 +201,7 @@ def test_a_client_that_missed_results_gets_them_by_sync(server):
 
 
 def test_unknown_ops_and_garbage_get_an_error_reply(server):
-    peer = Peer(server.dispatcher.endpoint, "odd")
+    peer = Peer(server.dispatcher.endpoint, "odd", TOKEN)
     peer.send("frobnicate")
     assert "unknown op" in peer.recv("error")["message"]
     peer.sock.send(b"\xc1 not msgpack")
@@ -250,15 +212,12 @@ def test_unknown_ops_and_garbage_get_an_error_reply(server):
 def slow_sweep_server(tmp_path):
     """A server whose periodic rescan of the queues (every heartbeat interval) is too slow to
     hide a request that was passed over."""
-    srv = Server(ServerConfig(db_url=f"sqlite:///{tmp_path / 'q.db'}", port=0, zmq_port=0, token=TOKEN,
-                              heartbeat_interval=30.0))  # fmt: skip
-    srv.start()
-    yield srv
-    srv.stop()
+    with serving(f"sqlite:///{tmp_path / 'q.db'}", TOKEN, heartbeat_interval=30.0) as srv:
+        yield srv
 
 
 def registered(server, name, cores):
-    peer = Peer(server.dispatcher.endpoint, name)
+    peer = Peer(server.dispatcher.endpoint, name, TOKEN)
     peer.send("register", queue="local", cores=cores)
     peer.recv("registered")
     return peer
@@ -268,10 +227,10 @@ def received(peer, timeout=0.5):
     """Every job the peer is sent within ``timeout`` seconds."""
     jobs, deadline = [], time.time() + timeout
     while time.time() < deadline:
-        if peer.sock.poll(50):
-            message = protocol.decode(peer.sock.recv())
-            if message["op"] == "jobs":
-                jobs += message["jobs"]
+        try:
+            jobs += peer.recv("jobs", timeout=max(0.05, deadline - time.time()))["jobs"]
+        except AssertionError:
+            break
     return jobs
 
 
@@ -280,7 +239,7 @@ def test_a_pilot_that_can_hold_a_ready_job_gets_it_whatever_smaller_pilots_asked
     small = [registered(server, f"small-{i}", 1) for i in range(2)]
     for peer in small:
         peer.send("request", want={"n": 2, "free": 1, "cores": 1})
-    client = Peer(server.dispatcher.endpoint, "client-mixed")
+    client = Peer(server.dispatcher.endpoint, "client-mixed", TOKEN)
     client.send(
         "submit", batch=1, jobs=[{"uid": f"two-{i}", "command": "true", "cores": 2} for i in range(2)]
     )
@@ -296,7 +255,7 @@ def test_free_slots_are_served_before_any_pilot_prefetches(slow_sweep_server):
     a, b = registered(server, "pf-a", 1), registered(server, "pf-b", 1)
     a.send("request", want={"n": 5, "free": 1, "cores": 1})
     b.send("request", want={"n": 5, "free": 1, "cores": 1})
-    client = Peer(server.dispatcher.endpoint, "client-pf")
+    client = Peer(server.dispatcher.endpoint, "client-pf", TOKEN)
     client.send("submit", batch=1, jobs=[{"uid": f"pf-{i}", "command": "true"} for i in range(4)])
     client.recv("submitted")
     got_a, got_b = received(a), received(b)
@@ -307,7 +266,7 @@ def test_a_pilot_with_a_free_slot_gets_a_job_another_pilot_holds_unstarted(slow_
     server = slow_sweep_server
     a = registered(server, "hoard-a", 1)
     a.send("request", want={"n": 3, "free": 1, "cores": 1})
-    client = Peer(server.dispatcher.endpoint, "client-hoard")
+    client = Peer(server.dispatcher.endpoint, "client-hoard", TOKEN)
     client.send("submit", batch=1, jobs=[{"uid": f"h-{i}", "command": "sleep 5"} for i in range(3)])
     client.recv("submitted")
     held = received(a)

@@ -3,7 +3,7 @@ from datetime import datetime
 import pytest
 from sqlalchemy import update
 
-from pandaflow.pilot.errorcodes import ErrorCode
+from pandaflow.errorcodes import ErrorCode
 from pandaflow.server import queries
 from pandaflow.server import schema as s
 from pandaflow.server.states import ALL_STATES

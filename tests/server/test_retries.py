@@ -5,7 +5,7 @@ import time
 import pytest
 from sqlalchemy import select
 
-from pandaflow.pilot.errorcodes import ErrorCode
+from pandaflow.errorcodes import ErrorCode
 from pandaflow.server import assignment, completion, pilots, submission
 from pandaflow.server import schema as s
 from pandaflow.server.broker import Broker

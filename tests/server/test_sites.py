@@ -8,7 +8,7 @@ from collections import Counter
 import pytest
 from sqlalchemy import select
 
-from pandaflow.pilot.errorcodes import ErrorCode
+from pandaflow.errorcodes import ErrorCode
 from pandaflow.server import completion, sites, submission
 from pandaflow.server import schema as s
 from pandaflow.server.app import ServerState, create_app, sync_queues

@@ -6,8 +6,8 @@ from __future__ import annotations
 import itertools
 
 import pytest
-from databases import postgres_database
 from sqlalchemy import select, update
+from support.databases import BOTH, database_url
 
 from pandaflow.server import schema as s
 from pandaflow.server import states
@@ -38,14 +38,11 @@ GIVEN = {
 NOW = 100.0
 
 
-@pytest.fixture(scope="module", params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+@pytest.fixture(scope="module", params=BOTH)
 def db_url(request, tmp_path_factory):
     """The guarded updates and the history run on both databases (one per module: every test
     makes jobs of its own)."""
-    if request.param == "sqlite":
-        yield "sqlite:///" + str(tmp_path_factory.mktemp("states") / "t.db")
-    else:
-        yield from postgres_database()
+    yield from database_url(request.param, tmp_path_factory.mktemp("states"), "t.db")
 
 
 @pytest.fixture(scope="module")

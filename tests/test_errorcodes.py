@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from pandaflow.pilot.errorcodes import TABLE, ErrorCode, describe, is_retryable
+from pandaflow.errorcodes import TABLE, ErrorCode, describe, is_retryable
 
 RETRYABLE = [
     "PAYLOAD_NONZERO_EXIT", "OUT_OF_MEMORY", "WALLTIME_EXCEEDED", "LOST_HEARTBEAT", "ENV_CHECK_FAILED",

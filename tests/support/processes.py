@@ -1,51 +1,26 @@
-"""Processes and probes for the integration tests: a job server and pilots run as real
-subprocesses (``python -m pandaflow.server`` / ``python -m pandaflow.pilot``), polling helpers,
-and read-only looks into the job database.
-
-Imported by ``tests/integration/conftest.py`` and the integration test modules (pytest puts
-this directory on ``sys.path``).
+"""Real processes: a job server and pilots run as subprocesses (``python -m pandaflow.server`` /
+``python -m pandaflow.pilot``), waiting for processes to be gone, and :class:`ProcessTag`, which
+finds (and at teardown kills) every process a test started.
 """
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import psutil
 import requests
-from sqlalchemy import Engine, select
 
-from pandaflow.server import schema as s
+from support import TESTS
+from support.ports import free_port
 
 START_TIMEOUT = 60.0  # seconds a server gets to answer GET /api/v1/info (generous: 2 cores, CI)
-
-
-def free_port() -> int:
-    """A TCP port that was free a moment ago (bind to port 0, read it, release it)."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float = 60.0, what: str = "the condition",
-               interval: float = 0.05) -> Any:  # fmt: skip
-    """Poll ``predicate`` until it returns something truthy, which is returned; fail after ``timeout``."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}")
-        time.sleep(interval)
 
 
 def _tail(path: Path, size: int = 4000) -> str:
@@ -284,50 +259,45 @@ def heartbeating(server: ServerProcess, name: str) -> bool:
     return False
 
 
-def connected(executor: Any) -> Any:
-    """Wait until the executor's reply socket has heard the server (its first pong).
-
-    Known product issue: submissions leave on a socket of their own while replies come back on
-    the main one; a submission acknowledged before the server knows the main socket loses its
-    acknowledgement and waits 10 s for a resend. Harmless, but it would slow the tests down."""
-    wait_until(lambda: executor._epoch is not None, timeout=60, what="the executor to reach the server")
-    return executor
+def pythonpath(*dirs: str | os.PathLike) -> str:
+    """A ``$PYTHONPATH`` for subprocesses that import test modules (pilots unpickle parsl apps by
+    reference, so they import the module defining them): ``dirs``, then the tests directory (for
+    :mod:`support`), then the current value."""
+    current = os.environ.get("PYTHONPATH")
+    return os.pathsep.join(filter(None, [*map(str, dirs), str(TESTS), current]))
 
 
-# ---------------------------------------------------------------- looking into the database
+class ProcessTag:
+    """Marks every process a test starts (through an environment variable they inherit) so the
+    test can list what is still alive, and its teardown can kill whatever leaked."""
 
+    VARIABLE = "PANDAFLOW_TEST_TAG"
 
-def jobs_of_task(engine: Engine, task: str) -> list[Any]:
-    """Job rows (with every column) of the tasks called ``task``, in id order."""
-    with engine.connect() as conn:
-        return list(
-            conn.execute(
-                select(s.jobs)
-                .select_from(s.jobs.join(s.tasks, s.tasks.c.id == s.jobs.c.task_id))
-                .where(s.tasks.c.name == task)
-                .order_by(s.jobs.c.id)
-            ).all()
-        )
+    def __init__(self, tag: str):
+        self.tag = tag
 
+    def alive(self) -> list[psutil.Process]:
+        """Processes other than this one that carry the tag (pilots, servers, workers, forkservers)."""
+        found = []
+        for proc in psutil.process_iter(["pid"]):
+            if proc.pid == os.getpid():
+                continue
+            try:
+                if proc.status() != psutil.STATUS_ZOMBIE and proc.environ().get(self.VARIABLE) == self.tag:
+                    found.append(proc)
+            except psutil.Error:
+                continue
+        return found
 
-def attempts_of(engine: Engine, job_id: int) -> list[tuple[int, str, int]]:
-    """``(attempt, status, error_code)`` of a job's ended attempts, in order."""
-    with engine.connect() as conn:
-        return [
-            tuple(r)
-            for r in conn.execute(
-                select(s.attempts.c.attempt, s.attempts.c.status, s.attempts.c.error_code)
-                .where(s.attempts.c.job_id == job_id)
-                .order_by(s.attempts.c.attempt)
-            ).all()
-        ]
-
-
-def job_by_uid_prefix(engine: Engine, prefix: str) -> list[Any]:
-    """``(uid, status)`` of every job whose uid starts with ``prefix`` (an executor's client id)."""
-    with engine.connect() as conn:
-        return list(
-            conn.execute(
-                select(s.jobs.c.uid, s.jobs.c.status).where(s.jobs.c.uid.startswith(prefix, autoescape=True))
-            ).all()
-        )
+    def kill_all(self) -> list[psutil.Process]:
+        """SIGKILL every tagged process; return them (once they are gone or zombies)."""
+        procs = self.alive()
+        for proc in procs:
+            try:
+                proc.kill()
+            except psutil.Error:
+                pass
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and set(procs) & set(self.alive()):
+            time.sleep(0.02)
+        return procs

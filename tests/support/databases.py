@@ -1,13 +1,28 @@
-"""Throwaway PostgreSQL databases for the tests that run on both SQLite and PostgreSQL."""
+"""Database URLs for the tests: a SQLite file, or a throwaway PostgreSQL database, for the tests
+that run on both (``@pytest.fixture(params=BOTH)`` with :func:`database_url`)."""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
 PG_URL_VARIABLE = "PANDAFLOW_TEST_PG_URL"
 PG_REQUIRED_VARIABLE = "PANDAFLOW_TEST_PG_REQUIRED"
+
+BOTH = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+"""Parameters of a fixture that runs its tests on SQLite and on PostgreSQL (marked ``postgres``)."""
+
+
+def database_url(kind: str, tmp_path: Path, name: str) -> Iterator[str]:
+    """Yield the URL of a fresh, empty database: for ``kind`` "sqlite" the file ``tmp_path/name``,
+    for "postgres" a new database (:func:`postgres_database`), dropped afterwards."""
+    if kind == "sqlite":
+        yield f"sqlite:///{tmp_path / name}"
+    else:
+        yield from postgres_database()
 
 
 def postgres_database():

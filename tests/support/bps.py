@@ -1,6 +1,14 @@
-"""Helpers for the tests that run the real ``bps`` command against a local pandaflow server:
-the command itself, its report table read back, and stopping the local server and pilot that
-``bps submit`` started in the background."""
+"""Helpers for the bps tests: generic workflows made runnable anywhere (:func:`runnable`), the
+real ``bps`` command and its report table read back, and stopping the local server and pilot
+that ``bps submit`` started in the background. Import it after ``pytest.importorskip`` of
+``lsst.ctrl.bps``.
+
+The ctrl_bps test workflows (``gw_test_utils``) name ``/usr/bin/uptime`` and ``finalJob.bash``
+as executables; :func:`runnable` swaps every job's executable for ``/bin/sh -c`` appending the
+job's label to ``<ENV:BPS_TEST_OUT>/order.log`` (the label comes from ``cmdvals``, the
+directory from the job's environment), so the run order can be read back afterwards. Nothing
+else about the generic workflows changes.
+"""
 
 from __future__ import annotations
 
@@ -12,10 +20,41 @@ import sys
 from pathlib import Path
 
 import psutil
-from pfharness import gone
+from lsst.ctrl.bps import GenericWorkflowExec
+
+from support.processes import gone
 
 # The console script installed beside this Python (the venv's), not whichever bps is on PATH.
 BPS = str(Path(sys.executable).parent / "bps")
+
+SH = GenericWorkflowExec("sh", "/bin/sh", False)
+
+
+def runnable(gwf, outdir: Path, fail_labels: dict[str, str] | None = None, sleep: float = 0.0):
+    """Give every job of ``gwf`` (and its final job) a harmless shell command (module docstring).
+
+    A label in ``fail_labels`` runs ``test -e PATH`` instead: it fails until that file exists.
+    """
+    fail_labels = fail_labels or {}
+    jobs = [gwf.get_job(name) for name in gwf]
+    final = gwf.get_final()
+    if final is not None:
+        jobs.append(final)
+    for job in jobs:
+        if not hasattr(job, "executable"):
+            continue  # no-op jobs
+        job.executable = SH
+        nap = f"sleep {sleep}; " if sleep and job.label not in ("pipetaskInit", "finalJob") else ""
+        if job.label in fail_labels:
+            job.arguments = (
+                f"-c 'echo {{label}} >> <ENV:BPS_TEST_OUT>/order.log; test -e {fail_labels[job.label]}'"
+            )
+        else:
+            job.arguments = f"-c '{nap}echo {{label}} >> <ENV:BPS_TEST_OUT>/order.log'"
+        job.cmdvals = {"label": job.label}
+        job.environment = {"BPS_TEST_OUT": str(outdir)}
+        job.number_of_retries = 0
+    return gwf
 
 
 def bps_env(home: Path, **extra: str) -> dict[str, str]:

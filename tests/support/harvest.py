@@ -1,14 +1,17 @@
-"""Test doubles and helpers for the harvester tests (a module of its own, so test modules can
-import it by a name no other test directory uses)."""
+"""Test doubles and helpers for the harvester tests: a provider that starts nothing
+(:class:`FakeProvider`), queues it serves, ready jobs, a harvester that cycles when told, and
+pilots registered from its workers."""
 
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from parsl.jobs.states import JobState, JobStatus
 
-from pandaflow.server import submission
+from pandaflow.harvester import Harvester, HarvesterConfig
+from pandaflow.server import pilots, submission
 from pandaflow.server.app import sync_queues
 from pandaflow.server.broker import Broker
 from pandaflow.server.queues import parse_queues
@@ -75,17 +78,6 @@ def queue_set(engine, *entries: dict[str, Any]):
     return queues, Broker(queues)
 
 
-def wait_until(predicate, timeout, what):
-    """Poll ``predicate`` until it returns something truthy (returned); fail after ``timeout`` s."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
-
-
 def fake_queue(name="q", **kw):
     """A queue description served by :class:`FakeProvider` (pull unless ``mode="push"``)."""
     return {
@@ -106,3 +98,26 @@ def submit_jobs(engine, broker, n, queue="q", **fields):
             conn, submission.validate(jobs, broker), submission.WorkflowBook(), workflow="wf"
         )
     return list(stored.ids.values())
+
+
+def harvester(engine, tmp_path: Path, queues, name: str = "h1", **kw: Any) -> Harvester:
+    """A harvester ``name`` serving ``queues`` (no thread: the test calls ``cycle()``), its work
+    directory under ``tmp_path``; pilots would connect to a dispatcher that is not there."""
+    cfg = HarvesterConfig(
+        zmq_endpoint="tcp://127.0.0.1:5555",
+        token="tok",
+        workdir=str(tmp_path / name),
+        name=name,
+        queues=queues,
+        interval=0.05,
+        **kw,
+    )
+    return Harvester(engine, cfg)
+
+
+def register_pilot(engine, worker_id: int, name: str = "p1", queue: str = "q", cores: int = 2) -> int:
+    """Register a pilot as the one that came up in worker ``worker_id``; returns its id."""
+    with engine.begin() as conn:
+        return pilots.register(
+            conn, {"pilot": name, "queue": queue, "cores": cores, "worker_id": worker_id}, time.time()
+        )

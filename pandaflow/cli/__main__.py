@@ -1,0 +1,3 @@
+from pandaflow.cli import main
+
+main()
