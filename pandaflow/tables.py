@@ -18,15 +18,18 @@ def truncate(text: str, width: int) -> str:
     return text[: width - 1] + ELLIPSIS
 
 
-def when(value: str | None) -> str:
-    """An ISO-8601 UTC time as local ``YYYY-MM-DD HH:MM:SS`` (``-`` when unset)."""
+def when(value: str | None, precise: bool = False) -> str:
+    """An ISO-8601 UTC time as local ``YYYY-MM-DD HH:MM:SS`` (``-`` when unset); ``precise`` adds
+    milliseconds (a timeline's events are often within one second)."""
     if not value:
         return EMPTY
     try:
         moment = datetime.fromisoformat(value.replace("Z", "+00:00"))
     except ValueError:
         return value
-    return moment.astimezone().strftime("%Y-%m-%d %H:%M:%S")
+    local = moment.astimezone()
+    text = local.strftime("%Y-%m-%d %H:%M:%S")
+    return f"{text}.{local.microsecond // 1000:03d}" if precise else text
 
 
 def duration(seconds: float | None) -> str:

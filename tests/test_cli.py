@@ -41,8 +41,8 @@ def db(db_url, workload):
 
 def test_every_command_is_offered(run):
     out = run("--help").output
-    for command in ("server", "pilot", "status", "jobs", "job", "logs", "cancel", "retry", "pilots", "queues",
-                    "workflows", "errorcodes", "errors"):  # fmt: skip
+    for command in ("server", "pilot", "status", "jobs", "job", "logs", "cancel", "retry", "hold", "release",
+                    "pilots", "queues", "workflows", "errorcodes", "errors"):  # fmt: skip
         assert f"  {command} " in out
 
 
@@ -67,9 +67,12 @@ def test_jobs_takes_several_statuses_repeated_or_comma_separated(run, db):
 
 
 def test_json_output_is_exactly_what_the_api_returns(run, db, api):
-    for args, path in [(["jobs", "--status", "failed"], "/jobs?status=failed"), (["job", "2"], "/jobs/2"),
+    for args, path in [(["jobs", "--status", "failed"], "/jobs?status=failed"),
                        (["workflows", "1"], "/workflows/1"), (["errors"], "/errors")]:  # fmt: skip
         assert json.loads(run(*db, *args, "--json").output) == api.get("/api/v1" + path).get_json()
+    job = api.get("/api/v1/jobs/2").get_json()
+    job["events"] = api.get("/api/v1/jobs/2/events").get_json()["events"]
+    assert json.loads(run(*db, "job", "2", "--json").output) == job
 
 
 def test_long_fields_are_cut_to_keep_the_table_readable(run, db_url, workload):
@@ -82,6 +85,15 @@ def test_job_shows_the_error_and_the_attempt_history(run, db):
     out = run(*db, "job", "2").output
     assert "PAYLOAD_EXCEPTION" in out and "ValueError: x" in out
     assert "TRY" in out and "pilot-a" in out
+
+
+def test_job_shows_the_timeline_of_every_change(run, db):
+    out = run(*db, "job", "2").output
+    timeline = out.split("timeline:\n", 1)[1].splitlines()
+    assert timeline[0].split() == ["WHEN", "EVENT", "STATE", "TRY", "PILOT", "REASON"]
+    events = [line.split()[2] for line in timeline[1:4]]
+    assert events == ["submit", "dispatch", "fail"]
+    assert "dispatched -> failed" in timeline[3] and "error 1001" in timeline[3]
 
 
 def test_logs_prints_the_log_of_the_latest_attempt(run, db):
@@ -108,7 +120,7 @@ def test_a_bad_status_filter_names_the_allowed_states(run, db):
     assert "allowed: pending, ready" in result.output
 
 
-@pytest.mark.parametrize("command", ["cancel", "retry"])
+@pytest.mark.parametrize("command", ["cancel", "retry", "hold", "release"])
 def test_control_commands_on_a_database_say_a_running_server_is_needed(run, db, command):
     result = run(*db, command, "1")
     assert result.exit_code == 1
@@ -173,6 +185,21 @@ def test_a_running_server_lists_and_cancels_jobs_for_the_cli(run, live_server):
     assert "sleepy" in run(*server, "jobs").output
     assert run(*server, "cancel", str(job_id)).output == f"cancelled: 1 job(s) {job_id}\n"
     assert client.get_job(job_id)["status"] == "cancelled"
+
+
+def test_hold_and_release_through_a_running_server(run, live_server):
+    client = Client(live_server.url, "t")
+    submitted = client.submit("held", [{"name": "a", "command": "true", "task": "isr"},
+                                       {"name": "b", "command": "true", "task": "fit"}])  # fmt: skip
+    workflow = str(submitted["workflow_id"])
+    server = ["--server", live_server.url, "--token", "t"]
+    assert run(*server, "hold", "--workflow", workflow, "--task", "isr").output.startswith("held: 1 job(s) ")
+    statuses = {j["name"]: j["status"] for j in client.list_jobs(workflow_id=int(workflow))["jobs"]}
+    assert statuses["a"] == "held"
+    out = run(*server, "release", "--workflow", workflow).output
+    assert out.startswith("released: 1 job(s)") and "(ready): not held" in out
+    result = run(*server, "hold", "--task", "isr")
+    assert result.exit_code == 2 and "give job ids or --workflow W" in result.output
 
 
 def test_a_wrong_token_is_reported_with_the_servers_message(run, live_server):

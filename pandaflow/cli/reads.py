@@ -133,6 +133,12 @@ def _job_text(j: dict[str, Any]) -> str:
                 for a in j["attempts"]]  # fmt: skip
         headers = ["TRY", "STATUS", "PILOT", "QUEUE", "STARTED", "TIME", "EXIT", "RSS MB", "ERROR", "LOG"]
         parts.append(tables.table(rows, headers, max_width={"PILOT": 30, "ERROR": 60}))
+    if j.get("events"):
+        rows = [[tables.when(e["at"], precise=True), e["event"], f"{e['from'] or ''} -> {e['to']}".lstrip(),
+                 e["attempt"] or "", e["pilot"] or e["pilot_id"] or "", e["reason"]]
+                for e in j["events"]]  # fmt: skip
+        headers = ["WHEN", "EVENT", "STATE", "TRY", "PILOT", "REASON"]
+        parts.append("timeline:\n" + tables.table(rows, headers, max_width={"PILOT": 30, "REASON": 70}))
     if j["stdout_tail"]:
         lines = j["stdout_tail"].rstrip("\n").splitlines()[-10:]
         parts.append("output (last lines):\n" + "\n".join("  " + line for line in lines))
@@ -143,8 +149,10 @@ def _job_text(j: dict[str, Any]) -> str:
 @click.argument("job_id", type=int)
 @with_json
 def job(job_id: int) -> None:
-    """Show one job with its attempt history."""
-    emit(read("get_job", job_id=job_id), _job_text)
+    """Show one job: what it asks, its attempts and its timeline (every change of its state)."""
+    found = read("get_job", job_id=job_id)
+    found["events"] = read("job_events", job_id=job_id)["events"]
+    emit(found, _job_text)
 
 
 @main.command()
