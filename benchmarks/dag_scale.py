@@ -186,6 +186,7 @@ def release(server: ServerProcess, wid: int) -> tuple[int, int, float]:
     """Finish every isr job through the completion code and time the release it triggers."""
     from sqlalchemy import func, select
 
+    from pandaflow import protocol
     from pandaflow.server import assignment, completion, pilots
     from pandaflow.server import schema as s
     from pandaflow.server.db import open_database
@@ -201,10 +202,10 @@ def release(server: ServerProcess, wid: int) -> tuple[int, int, float]:
     while True:
         with engine.begin() as conn:
             jobs = assignment.assign(conn, pilot_id=pilot, queue="local", n=20000, now=time.time())
-        jobs = [j for j in jobs if j["id"] <= last_isr]  # isr only: what they release is measured, not run
+        jobs = [j for j in jobs if j.job_id <= last_isr]  # isr only: what they release is measured, not run
         if not jobs:
             break
-        outcomes = [{"id": j["id"], "attempt": j["attempt"], "ok": True, "error_code": 0} for j in jobs]
+        outcomes = [protocol.Outcome(job_id=j.job_id, attempt=j.attempt, ok=True) for j in jobs]
         t = time.perf_counter()
         with engine.begin() as conn:
             completion.record(conn, outcomes, time.time())
@@ -280,23 +281,27 @@ def protocol_pilot(endpoint: str, slots: int, seconds: float) -> None:
     sock.setsockopt(zmq.ROUTING_ID, f"load-{os.getpid()}".encode())
     sock.connect(endpoint)
 
-    def send(message: dict) -> None:
-        sock.send(protocol.encode({**message, "tok": TOKEN}))
+    def send(message) -> None:
+        message.tok = TOKEN
+        sock.send(protocol.encode(message))
 
-    want = {"n": slots, "cores": 1, "memory_mb": None}
-    send({"op": "register", "queue": "local", "host": "load", "pid": os.getpid(), "cores": slots})
+    want = protocol.Want(n=slots, free=slots, cores=1)
+    send(protocol.Register(queue="local", host="load", pid=os.getpid(), cores=slots))
     deadline = time.time() + seconds
     while time.time() < deadline:
         if not sock.poll(1000):
             continue
-        message = protocol.decode(sock.recv())
-        if message.get("op") == "registered":
-            send({"op": "request", "want": want})
-        elif message.get("op") == "jobs":
+        message = protocol.to_pilot(sock.recv())
+        if isinstance(message, protocol.Registered):
+            send(protocol.Request(want=want))
+        elif isinstance(message, protocol.Jobs):
             now = time.time()
-            outcomes = [{"id": j["id"], "attempt": j["attempt"], "ok": True, "error_code": 0, "exit_code": 0,
-                         "t0": now, "t1": now} for j in message["jobs"]]  # fmt: skip
-            send({"op": "results", "outcomes": outcomes, "want": want})
+            outcomes = [
+                protocol.Outcome(job_id=j.job_id, attempt=j.attempt, ok=True, exit_code=0, started_at=now,
+                                 ended_at=now)
+                for j in message.jobs
+            ]  # fmt: skip
+            send(protocol.Report(outcomes=outcomes, want=want))
     sock.close(0)
 
 

@@ -360,17 +360,16 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
             self._unacked[self._batch_seq] = (time.time(), jobs)
             self._tx.send(protocol.encode(self._submit_message(self._batch_seq, jobs, fresh=True)))
 
-    def _submit_message(self, seq: int, jobs: list[dict[str, Any]], fresh: bool) -> dict[str, Any]:
-        return {
-            "tok": self.token,
-            "op": "submit",
-            "client": self.client_id,
-            "batch": seq,
-            "workflow": self.workflow,
-            "owner": self._owner,
-            "jobs": jobs,
-            "fresh": fresh,
-        }
+    def _submit_message(self, seq: int, jobs: list[dict[str, Any]], fresh: bool) -> protocol.Submit:
+        return protocol.Submit(
+            tok=self.token or "",
+            client=self.client_id,
+            batch=seq,
+            workflow=self.workflow or "default",
+            owner=self._owner,
+            jobs=jobs,
+            fresh=fresh,
+        )
 
     def _wake(self) -> None:
         if not self._wake_pending:
@@ -398,7 +397,7 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
         poller = zmq.Poller()
         poller.register(sock, zmq.POLLIN)
         poller.register(self._wake_r, zmq.POLLIN)
-        self._send({"op": "ping"})  # introduces the main socket: submissions wait for the answer
+        self._send(protocol.Ping())  # introduces the main socket: submissions wait for the answer
         next_ping = time.time() + _PING_EVERY
         next_sync = time.time() + _SYNC_EVERY
         try:
@@ -414,7 +413,7 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
                     self._receive()
                 now = time.time()
                 if now >= next_ping:
-                    self._send({"op": "ping"})
+                    self._send(protocol.Ping())
                     self._supervise()
                     next_ping = now + _PING_EVERY
                 if now >= next_sync:
@@ -427,9 +426,9 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
         finally:
             sock.close(0)
 
-    def _send(self, message: dict[str, Any]) -> None:
-        message["tok"] = self.token
-        message["client"] = self.client_id
+    def _send(self, message: protocol.Ping | protocol.Sync) -> None:
+        message.tok = self.token or ""
+        message.client = self.client_id
         self._sock.send(protocol.encode(message))
 
     def _resend(self, before: float) -> None:
@@ -446,62 +445,70 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
             pending_uids.update(j["uid"] for j in self._pending)
         uids = [u for u in list(self._futures) if u not in pending_uids]
         for i in range(0, len(uids), 5000):
-            self._send({"op": "sync", "uids": uids[i : i + 5000]})
+            self._send(protocol.Sync(uids=uids[i : i + 5000]))
 
     def _receive(self) -> None:
         while True:
             try:
-                message = protocol.decode(self._sock.recv(zmq.NOBLOCK))
+                frame = self._sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return
-            except ValueError:
+            try:
+                message = protocol.to_executor(frame)
+            except protocol.ProtocolError as exc:
+                log.error("ignored a message from the pandaflow server: %s", exc)
                 continue
-            op = message.get("op")
-            if op == "results":
-                self._resolve(message.get("results") or ())
-            elif op == "submitted":
-                with self._tx_lock:
-                    entry = self._unacked.pop(message.get("batch"), None)
-                    if self._pending and len(self._unacked) < _WINDOW:
-                        self._send_pending()
-                if entry is None:
-                    continue
-                if message.get("error"):
-                    for job in entry[1]:
-                        self._fail(job["uid"], SubmissionRefused(job["uid"], "refused", 0, message["error"]))
-                for uid, why in (message.get("rejected") or {}).items():
-                    self._fail(uid, SubmissionRefused(uid, "refused", 0, why))
-            elif op in ("pong", "synced"):
-                if not self._heard:
-                    with self._tx_lock:
-                        self._heard = True
-                        if len(self._unacked) < _WINDOW:
-                            self._send_pending()
-                epoch = message.get("epoch")
-                if self._epoch is not None and epoch != self._epoch:
-                    log.warning("pandaflow server restarted: re-sending unacknowledged work and re-syncing")
-                    self._epoch = epoch
-                    self._resend(float("inf"))
-                    self._sync()
-                self._epoch = epoch
-            elif op == "error":
-                log.error("pandaflow server: %s", message.get("message"))
+            match message:
+                case protocol.Results(results=results):
+                    self._resolve(results)
+                case protocol.Submitted():
+                    self._submitted(message)
+                case protocol.Pong(epoch=epoch) | protocol.Synced(epoch=epoch):
+                    self._heard_from(epoch)
+                case protocol.Error(message=text):
+                    log.error("pandaflow server: %s", text)
+
+    def _submitted(self, reply: protocol.Submitted) -> None:
+        with self._tx_lock:
+            entry = self._unacked.pop(reply.batch, None)
+            if self._pending and len(self._unacked) < _WINDOW:
+                self._send_pending()
+        if entry is None:
+            return
+        if reply.error:
+            for job in entry[1]:
+                self._fail(job["uid"], SubmissionRefused(job["uid"], "refused", 0, reply.error))
+        for uid, why in reply.rejected.items():
+            self._fail(uid, SubmissionRefused(uid, "refused", 0, why))
+
+    def _heard_from(self, epoch: str) -> None:
+        if not self._heard:
+            with self._tx_lock:
+                self._heard = True
+                if len(self._unacked) < _WINDOW:
+                    self._send_pending()
+        if self._epoch is not None and epoch != self._epoch:
+            log.warning("pandaflow server restarted: re-sending unacknowledged work and re-syncing")
+            self._epoch = epoch
+            self._resend(float("inf"))
+            self._sync()
+        self._epoch = epoch
 
     def _fail(self, uid: str, exc: BaseException) -> None:
         fut = self._futures.pop(uid, None)
         if fut is not None and not fut.done():
             fut.set_exception(exc)
 
-    def _resolve(self, results: Any) -> None:
+    def _resolve(self, results: list[protocol.Result]) -> None:
         for r in results:
-            fut = self._futures.pop(r["uid"], None)
+            fut = self._futures.pop(r.uid, None)
             if fut is None or fut.done():
                 continue
             try:
-                if r["status"] == "finished":
-                    fut.set_result(deserialize(r["result"]))
-                elif r.get("result") is not None and r.get("exc"):
-                    wrapped = deserialize(r["result"])
+                if r.status == "finished":
+                    fut.set_result(deserialize(r.result))
+                elif r.result is not None and r.is_exception:
+                    wrapped = deserialize(r.result)
                     if isinstance(wrapped, RemoteExceptionWrapper):
                         try:
                             wrapped.reraise()
@@ -511,14 +518,10 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
                         fut.set_exception(
                             wrapped
                             if isinstance(wrapped, BaseException)
-                            else TaskFailed(r["uid"], r["status"], r["error_code"], repr(wrapped))
+                            else TaskFailed(r.uid, r.status, r.error_code, repr(wrapped))
                         )
                 else:
-                    fut.set_exception(
-                        TaskFailed(
-                            r["uid"], r["status"], r["error_code"], r.get("error_diag") or "", r.get("id")
-                        )
-                    )
+                    fut.set_exception(TaskFailed(r.uid, r.status, r.error_code, r.error_diag, r.job_id))
             except Exception as e:
                 if not fut.done():
                     fut.set_exception(e)

@@ -72,26 +72,6 @@ class PilotConfig:
             raise PilotError(f"report_linger must not be negative, got {self.report_linger}")
 
 
-def _wire(outcome: Outcome) -> dict[str, Any]:
-    return {
-        "id": outcome.job_id,
-        "attempt": outcome.attempt,
-        "ok": outcome.ok,
-        "error_code": int(outcome.error_code),
-        "error_diag": outcome.error_diag,
-        "exit_code": outcome.exit_code,
-        "result": outcome.result,
-        "exc": outcome.result_is_exception,
-        "tail": outcome.stdout_tail,
-        "log": outcome.log or None,
-        "rss": round(outcome.max_rss_mb, 1),
-        "pss": round(outcome.max_pss_mb, 1),
-        "t0": outcome.started_at,
-        "t1": outcome.ended_at,
-        "samples": [[round(t, 2), round(r, 1), round(p, 1)] for t, r, p in outcome.memory_samples] or None,
-    }
-
-
 class Pilot:
     """One pilot process's agent loop."""
 
@@ -99,7 +79,7 @@ class Pilot:
         self.cfg = cfg
         self.runner = PayloadRunner(cfg.cores, cfg.workdir, sample_interval=cfg.sample_interval)
         self.queued: deque[Payload] = deque()
-        self.unacked: dict[tuple[int, int], tuple[float, dict[str, Any]]] = {}
+        self.unacked: dict[tuple[int, int], tuple[float, Outcome]] = {}  # sent, not yet acknowledged
         self.epoch: str | None = None
         self.registered = False
         self.draining = False
@@ -107,7 +87,7 @@ class Pilot:
         self.last_activity = self.last_heard = time.time()
         self.done = 0
         self.mean_runtime: float | None = None  # moving average of job run times (adaptive prefetch)
-        self.results: list[dict[str, Any]] = []  # outcomes not yet sent (see _flush_results)
+        self.results: list[Outcome] = []  # outcomes not yet sent (see _flush_results)
         self.results_since = 0.0
         # Jobs started and not yet reported as such: the server must know promptly which jobs
         # this pilot started, so that if it dies the others go back without costing an attempt.
@@ -123,8 +103,8 @@ class Pilot:
         self.sock.setsockopt(zmq.RECONNECT_IVL_MAX, 2000)
 
     # ---------------------------------------------------------------- messaging
-    def send(self, message: dict[str, Any]) -> None:
-        message["tok"] = self.cfg.token
+    def send(self, message: protocol.ToServer) -> None:
+        message.tok = self.cfg.token
         self.sock.send(protocol.encode(message))
 
     def prefetch(self) -> int:
@@ -139,51 +119,46 @@ class Pilot:
         per_slot = min(PREFETCH_MAX_PER_SLOT, max(1.0, PREFETCH_SECONDS / max(self.mean_runtime, 1e-4)))
         return int(per_slot * self.cfg.cores)
 
-    def want(self) -> dict[str, Any]:
+    def want(self) -> protocol.Want:
         """What the pilot asks for: ``n`` jobs in all, of which ``free`` would start at once (free
         slots no queued job will take); the rest are prefetch, which the server hands out only
         while no other pilot of the queue has a free slot, and may ask back (``reclaim``)."""
         if self.draining:
-            return {"n": 0, "free": 0}
+            return protocol.Want(n=0, free=0)
         held = len(self.queued) + self.runner.held()
         free = max(0, self.runner.free_slots() - sum(p.cores for p in self.queued))
         n = max(0, self.cfg.cores + self.prefetch() - held)
-        return {"n": n, "free": min(free, n), "cores": self.cfg.cores, "memory_mb": self.cfg.memory_mb}
+        return protocol.Want(n=n, free=min(free, n), cores=self.cfg.cores, memory_mb=self.cfg.memory_mb)
 
     def register(self) -> None:
         self.send(
-            {
-                "op": "register",
-                "queue": self.cfg.queue,
-                "host": socket.gethostname(),
-                "pid": os.getpid(),
-                "cores": self.cfg.cores,
-                "memory_mb": self.cfg.memory_mb,
-                "workdir": os.path.abspath(self.cfg.workdir),
-                "version": __version__,
-                "worker_id": self.cfg.worker_id,
-            }
+            protocol.Register(
+                queue=self.cfg.queue,
+                host=socket.gethostname(),
+                pid=os.getpid(),
+                cores=self.cfg.cores,
+                memory_mb=self.cfg.memory_mb,
+                workdir=os.path.abspath(self.cfg.workdir),
+                version=__version__,
+                worker_id=self.cfg.worker_id,
+            )
         )
 
     def heartbeat(self) -> None:
         running = self.runner.running()
         known = [p.job_id for p in self.queued] + list(running) + [k[0] for k in self.unacked]
-        known += [w["id"] for w in self.results]  # ended, their outcome not sent yet
+        known += [o.job_id for o in self.results]  # ended, their outcome not sent yet
         self.send(
-            {
-                "op": "heartbeat",
-                "known": known,
-                "running": {str(j): info["started_at"] for j, info in running.items()},
+            protocol.Heartbeat(
+                known=known,
+                running={j: info["started_at"] for j, info in running.items()},
                 # Live view of running jobs for the monitor: output tail and memory so far.
-                "progress": {
-                    str(j): [
-                        info.get("tail") or "",
-                        round(info.get("max_rss_mb") or info.get("rss_mb") or 0.0, 1),
-                    ]
+                progress={
+                    j: (info.get("tail") or "", round(info.get("max_rss_mb") or info.get("rss_mb") or 0.0, 1))
                     for j, info in running.items()
                 },
-                "want": self.want(),
-            }
+                want=self.want(),
+            )
         )
 
     # ---------------------------------------------------------------- loop
@@ -268,77 +243,70 @@ class Pilot:
         return code
 
     def _receive(self) -> int:
+        """Handle every message waiting; returns an exit code when the server refuses us for good."""
         while True:
             try:
-                message = protocol.decode(self.sock.recv(zmq.NOBLOCK))
+                frame = self.sock.recv(zmq.NOBLOCK)
             except zmq.Again:
                 return 0
-            except ValueError:
+            try:
+                message = protocol.to_pilot(frame)
+            except protocol.ProtocolError as exc:
+                log.error("ignored a message from the server: %s", exc)
                 continue
             self.last_heard = time.time()
-            op = message.get("op")
-            if op == "jobs":
-                for job in message["jobs"]:
-                    self.queued.append(
-                        Payload(
-                            job_id=job["id"],
-                            attempt=job["attempt"],
-                            kind=job["kind"],
-                            buffer=job.get("buffer"),
-                            command=job.get("command"),
-                            env=job.get("env"),
-                            cores=job.get("cores") or 1,
-                            memory_mb=job.get("memory_mb"),
-                            walltime_s=job.get("walltime_s"),
-                        )
-                    )
+            code = self._handle(message)
+            if code:
+                return code
+
+    def _handle(self, message: protocol.ToPilot) -> int:
+        match message:
+            case protocol.Jobs(jobs=jobs):
+                self.queued.extend(jobs)
                 self.last_activity = time.time()
-            elif op == "acked":
-                for job_id, attempt in message.get("ids", ()):
+            case protocol.Acked(ids=ids):
+                for job_id, attempt in ids:
                     self.unacked.pop((job_id, attempt), None)
-            elif op == "kill":
-                for job_id in message.get("ids", ()):
+            case protocol.Kill(ids=ids):
+                for job_id in ids:
                     self._kill(job_id)
-            elif op == "reclaim":
-                self._give_back(message.get("jobs") or ())
-            elif op == "hb":
-                for job_id in message.get("kill", ()):
+            case protocol.Reclaim(jobs=jobs):
+                self._give_back(jobs)
+            case protocol.Beat(epoch=epoch, kill=kill):
+                for job_id in kill:
                     self._kill(job_id)
-                if message.get("epoch") != self.epoch:
+                if epoch != self.epoch:
                     # The server restarted: re-send what it may not have and ask for work again.
-                    self.epoch = message.get("epoch")
+                    self.epoch = epoch
                     self._resend(float("inf"))
-                    self.send({"op": "request", "want": self.want()})
-            elif op == "registered":
+                    self.send(protocol.Request(want=self.want()))
+            case protocol.Registered(pilot_id=pilot_id, epoch=epoch, heartbeat_interval=interval):
                 self.registered = True
-                self.epoch = message.get("epoch")
-                self.cfg.heartbeat_interval = float(
-                    message.get("heartbeat_interval") or self.cfg.heartbeat_interval
-                )
+                self.epoch = epoch
                 # The server's interval rules from now on (its watchdog counts on it).
+                self.cfg.heartbeat_interval = float(interval or self.cfg.heartbeat_interval)
                 self.next_beat = min(self.next_beat, time.time() + self.cfg.heartbeat_interval)
-                log.info(
-                    "registered as pilot %s (%s) on queue %s",
-                    message.get("pilot_id"), self.cfg.identity, self.cfg.queue,
-                )  # fmt: skip
+                log.info("registered as pilot %s (%s) on queue %s", pilot_id, self.cfg.identity,
+                         self.cfg.queue)  # fmt: skip
                 self._resend(float("inf"))
-                self.send({"op": "request", "want": self.want()})
-            elif op == "reregister":
+                self.send(protocol.Request(want=self.want()))
+            case protocol.Reregister():
                 self.registered = False
                 self.register()
-            elif op == "error":
-                log.error("server: %s", message.get("message"))
-                if message.get("fatal") or "authentication" in str(message.get("message")):
+            case protocol.Error(message=text, fatal=fatal):
+                log.error("server: %s", text)
+                if fatal or "authentication" in text:
                     return 3
+        return 0
 
-    def _give_back(self, wanted: Any) -> None:
+    def _give_back(self, wanted: list[tuple[int, int]]) -> None:
         """The server asks back jobs this pilot holds but has not started (another pilot of the
         queue has a free slot): return those still queued; the others already run here."""
-        asked = {(int(job_id), int(attempt)) for job_id, attempt in wanted}
+        asked = {(job_id, attempt) for job_id, attempt in wanted}
         back = [p for p in self.queued if (p.job_id, p.attempt) in asked]
         for payload in back:
             self.queued.remove(payload)
-        self.send({"op": "returned", "jobs": [[p.job_id, p.attempt] for p in back], "want": self.want()})
+        self.send(protocol.Returned(jobs=[(p.job_id, p.attempt) for p in back], want=self.want()))
 
     def _kill(self, job_id: int) -> None:
         for payload in list(self.queued):
@@ -398,7 +366,7 @@ class Pilot:
             start = self.starts.get(o.job_id)
             if start is not None and start[0] == o.attempt:
                 del self.starts[o.job_id]  # its outcome says it started
-        self.results.extend(_wire(o) for o in outcomes)
+        self.results.extend(outcomes)
         self.done += len(outcomes)
         self.last_activity = now
         self._start_queued()
@@ -410,7 +378,7 @@ class Pilot:
         now = time.time()
         if not self.results:
             if self.starts and (force or now - self.starts_since >= self.cfg.report_linger):
-                self.send({"op": "started", "jobs": self._take_starts()})
+                self.send(protocol.Started(jobs=self._take_starts()))
             return
         if not (
             force
@@ -420,25 +388,27 @@ class Pilot:
         ):
             return
         if self.starts:
-            self.send({"op": "started", "jobs": self._take_starts()})
-        wire, self.results = self.results, []
-        for w in wire:
-            self.unacked[(w["id"], w["attempt"])] = (now, w)
-        for i in range(0, len(wire), _RESULTS_PER_MESSAGE):
-            self.send({"op": "results", "outcomes": wire[i : i + _RESULTS_PER_MESSAGE], "want": self.want()})
+            self.send(protocol.Started(jobs=self._take_starts()))
+        sent, self.results = self.results, []
+        for o in sent:
+            self.unacked[(o.job_id, o.attempt)] = (now, o)
+        self._send_outcomes(sent)
 
-    def _take_starts(self) -> list[list[Any]]:
-        started = [[job_id, attempt, round(t, 3)] for job_id, (attempt, t) in self.starts.items()]
+    def _send_outcomes(self, outcomes: list[Outcome]) -> None:
+        for i in range(0, len(outcomes), _RESULTS_PER_MESSAGE):
+            self.send(protocol.Report(outcomes=outcomes[i : i + _RESULTS_PER_MESSAGE], want=self.want()))
+
+    def _take_starts(self) -> list[tuple[int, int, float]]:
+        started = [(job_id, attempt, round(t, 3)) for job_id, (attempt, t) in self.starts.items()]
         self.starts = {}
         return started
 
     def _resend(self, now: float) -> None:
-        stale = [w for (t, w) in self.unacked.values() if now - t >= _RESEND_AFTER]
-        for i in range(0, len(stale), _RESULTS_PER_MESSAGE):
-            self.send({"op": "results", "outcomes": stale[i : i + _RESULTS_PER_MESSAGE], "want": self.want()})
+        stale = [o for (t, o) in self.unacked.values() if now - t >= _RESEND_AFTER]
+        self._send_outcomes(stale)
         t = time.time()
-        for w in stale:
-            self.unacked[(w["id"], w["attempt"])] = (t, w)
+        for o in stale:
+            self.unacked[(o.job_id, o.attempt)] = (t, o)
 
     def _abandoned(self, now: float) -> bool:
         """True when the server has been silent too long, or the process we serve is gone."""
@@ -466,10 +436,10 @@ class Pilot:
             len(self.runner.running()),
             len(self.queued),
         )
-        self.send({"op": "request", "want": {"n": 0}})
+        self.send(protocol.Request(want=protocol.Want(n=0)))
         # Jobs not started go back to the server at once, their attempt unspent.
         if self.queued:
-            self.send({"op": "returned", "jobs": [[p.job_id, p.attempt] for p in self.queued]})
+            self.send(protocol.Returned(jobs=[(p.job_id, p.attempt) for p in self.queued]))
         self.queued.clear()
         outcomes = self.runner.stop()
         self._report(outcomes)
@@ -481,9 +451,8 @@ class Pilot:
 
     def _shutdown(self) -> None:
         try:
-            self.send({"op": "bye"})
+            self.send(protocol.Bye())
         except zmq.ZMQError:
             pass
         self.runner.stop()
         self.sock.close(linger=1000)
-

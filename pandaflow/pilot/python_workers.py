@@ -264,7 +264,7 @@ class PythonWorkers:
                 _UNSERIALIZABLE: (ErrorCode.SERIALIZATION_ERROR, ""),
             }[status]
             outcome = Outcome(p.job_id, p.attempt, False, int(code), prefix + diag, result=data,
-                              result_is_exception=True, stdout_tail=tail, log=output)  # fmt: skip
+                              is_exception=True, stdout_tail=tail, log=output)  # fmt: skip
         self._complete(job, outcome, ended)
 
     def _on_death(self, w: Worker) -> None:

@@ -352,9 +352,10 @@ class PayloadRunner(PythonWorkers, ShellPayloads, LimitEnforcer):
     def _complete(self, job: RunningPayload, outcome: Outcome, ended: float) -> None:
         outcome.started_at = job.started_at
         outcome.ended_at = ended
-        outcome.max_rss_mb = job.max_rss
-        outcome.max_pss_mb = job.max_pss
-        outcome.memory_samples = job.samples
+        # Rounded as they are reported: a tenth of a MB, a hundredth of a second.
+        outcome.max_rss_mb = round(job.max_rss, 1)
+        outcome.max_pss_mb = round(job.max_pss, 1)
+        outcome.memory_samples = [(round(t, 2), round(r, 1), round(p, 1)) for t, r, p in job.samples]
         with self._lock:
             self._outcomes.append(outcome)
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from pandaflow import protocol
 from pandaflow.server import states
 from pandaflow.server.statements import Sql, marks
 
@@ -30,7 +31,7 @@ def assign(
     memory_mb: int | None = None,
     now: float,
     payload_cache: MutableMapping[int, bytes] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[protocol.Payload]:
     """Dispatch up to ``n`` ready jobs of ``queue`` to the pilot and return their payloads.
 
     ``cores``/``memory_mb`` describe the pilot: jobs larger than it are left for another pilot.
@@ -69,8 +70,8 @@ def prefetched(
 
 def to_wire(
     sql: Sql, picked: list[dict[str, Any]], payload_cache: MutableMapping[int, bytes] | None = None
-) -> list[dict[str, Any]]:
-    """The ``jobs`` message entries of dispatched jobs, with their function buffers (from
+) -> list[protocol.Payload]:
+    """The payloads of dispatched jobs (the ``jobs`` message), with their function buffers (from
     ``payload_cache`` where recent submissions left them, else read in one query)."""
     buffers: dict[int, bytes] = {}
     missing = []
@@ -85,16 +86,16 @@ def to_wire(
         query = f"SELECT job_id, buffer FROM job_payloads WHERE job_id IN ({marks(len(missing))})"
         buffers.update((job_id, bytes(buf)) for job_id, buf in sql.rows(query, missing))
     return [
-        {
-            "id": j["id"],
-            "attempt": j["attempt"],
-            "kind": j["kind"],
-            "buffer": buffers.get(j["id"]),
-            "command": j["command"],
-            "env": json.loads(j["env"]) if j["env"] else None,
-            "cores": j["cores"],
-            "memory_mb": j["memory_mb"],
-            "walltime_s": j["walltime_s"],
-        }
+        protocol.Payload(
+            job_id=j["id"],
+            attempt=j["attempt"],
+            kind=j["kind"],
+            buffer=buffers.get(j["id"]),
+            command=j["command"],
+            env=json.loads(j["env"]) if j["env"] else None,
+            cores=j["cores"],
+            memory_mb=j["memory_mb"],
+            walltime_s=j["walltime_s"],
+        )
         for j in picked
     ]

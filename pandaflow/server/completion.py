@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
+from pandaflow import protocol
 from pandaflow.errorcodes import ErrorCode, describe, is_retryable
 from pandaflow.server import dag, states
 from pandaflow.server import schema as s
@@ -43,16 +44,11 @@ class Completed:
         return self.effects.queues
 
 
-def outcome(job_id: int, attempt: int, error_code: int, diag: str, **extra: Any) -> dict[str, Any]:
+def outcome(job_id: int, attempt: int, error_code: int, diag: str) -> protocol.Outcome:
     """A failure outcome produced by the server itself (watchdog)."""
-    return {
-        "id": job_id,
-        "attempt": attempt,
-        "ok": False,
-        "error_code": int(error_code),
-        "error_diag": diag,
-        **extra,
-    }
+    return protocol.Outcome(
+        job_id=job_id, attempt=attempt, ok=False, error_code=int(error_code), error_diag=diag
+    )
 
 
 _SELECT_ACTIVE = (
@@ -68,12 +64,13 @@ _ATTEMPT_COLUMNS = (
 
 def record(
     conn: Connection,
-    outcomes: list[dict[str, Any]],
+    outcomes: list[protocol.Outcome],
     now: float,
     broker: Broker | None = None,
     pilot_id: int | None = None,
 ) -> Completed:
-    """Apply pilot outcomes (wire maps, see :mod:`pandaflow.protocol`) in the caller's transaction.
+    """Apply outcomes (as pilots report them, :class:`pandaflow.protocol.Outcome`) in the caller's
+    transaction.
 
     Each outcome of the job's current attempt ends that attempt (one ``attempts`` row) and
     moves the job to finished, failed, or back to ready when the error is retryable and
@@ -85,7 +82,7 @@ def record(
     if not outcomes:
         return done
     sql = Sql(conn)
-    ids = [o["id"] for o in outcomes]
+    ids = [o.job_id for o in outcomes]
     jobs: dict[int, dict[str, Any]] = {}
     for part in chunks(ids):
         query = _SELECT_ACTIVE.format(marks(len(part))) + (" FOR UPDATE" if sql.pg else "")
@@ -97,26 +94,26 @@ def record(
     results: dict[int, tuple[bytes, bool]] = {}
     logs: list[tuple] = []
     for o in outcomes:
-        job = jobs.get(o["id"])
+        job = jobs.get(o.job_id)
         if (
             job is None
             or job["status"] not in ACTIVE_STATES
-            or job["attempt"] != o.get("attempt")
+            or job["attempt"] != o.attempt
             or (pilot_id is not None and job["pilot_id"] != pilot_id)
             or job["id"] in each
         ):
             done.stale += 1  # a late or duplicate report: the job moved on already
             continue
-        code = int(o.get("error_code") or 0)
-        diag = o.get("error_diag") or ("" if o.get("ok") else describe(code))
+        code = int(o.error_code or 0)
+        diag = o.error_diag or ("" if o.ok else describe(code))
         retry: dict[str, Any] = {}
-        if o.get("ok"):
+        if o.ok:
             event = "finish"
         elif not is_retryable(code) or job["attempt"] >= job["max_attempts"]:
             event = "fail"
-        elif _exit_forbids_retry(job, code, o.get("exit_code")):
+        elif _exit_forbids_retry(job, code, o.exit_code):
             event = "fail"
-            diag = f"{diag} (exit code {o.get('exit_code')} is never retried)"
+            diag = f"{diag} (exit code {o.exit_code} is never retried)"
         else:
             event = "retry"
             retry, why_not = _retry_shape(job, code, broker)
@@ -126,17 +123,17 @@ def record(
         if event == "retry":
             grown = f" with {retry['memory_mb']} MB on {retry['queue']}" if retry.get("grown") else ""
             diag = f"attempt {job['attempt']} of {job['max_attempts']} failed, retrying{grown}: {diag}"
-        tail = o.get("tail")
+        tail = o.stdout_tail
         values = {
             "error_code": code,
             "error_diag": diag,
-            "exit_code": o.get("exit_code"),
+            "exit_code": o.exit_code,
             "stdout_tail": tail[-_TAIL:] if tail is not None else job["stdout_tail"],
-            "max_rss_mb": o.get("rss"),
-            "max_pss_mb": o.get("pss"),
+            "max_rss_mb": o.max_rss_mb or None,
+            "max_pss_mb": o.max_pss_mb or None,
         }
-        started = o.get("t0") or job["started_at"]
-        ended = o.get("t1") or now
+        started = o.started_at or job["started_at"]
+        ended = o.ended_at or now
         if event == "retry":
             values["queue"] = retry.get("queue", job["queue"])
             values["memory_mb"] = retry.get("memory_mb", job["memory_mb"])
@@ -146,37 +143,37 @@ def record(
         each[job["id"]] = values
         reasons[job["id"]] = "" if event == "finish" else f"error {code}: {diag}"
         moves[event].append(job)
-        samples = o.get("samples")
+        samples = o.memory_samples
         history.append(
             (
                 job["id"],
                 job["attempt"],
                 job["pilot_id"],
                 job["queue"],
-                FINISHED if o.get("ok") else FAILED,
+                FINISHED if o.ok else FAILED,
                 code,
-                o.get("error_diag") or "",
-                o.get("exit_code"),
+                o.error_diag or "",
+                o.exit_code,
                 job["dispatched_at"],
                 started,
                 ended,
-                o.get("rss"),
-                o.get("pss"),
+                o.max_rss_mb or None,
+                o.max_pss_mb or None,
                 json.dumps(samples) if samples else None,
                 job["memory_mb"],
             )
         )
-        if o.get("log"):
-            logs.append((job["id"], job["attempt"], bytes(o["log"])))
-        if event != "retry" and o.get("result") is not None:
-            results[job["id"]] = (bytes(o["result"]), bool(o.get("exc")))
+        if o.log:
+            logs.append((job["id"], job["attempt"], bytes(o.log)))
+        if event != "retry" and o.result is not None:
+            results[job["id"]] = (bytes(o.result), o.is_exception)
     fx = done.effects
     applied = [states.apply(conn, event, rows, now, each=each, reason=reasons, effects=fx)
                for event, rows in moves.items()]  # fmt: skip
     for change in applied:
         for job_id, entry in change.entries.items():
             if job_id in results:
-                entry["result"], entry["exc"] = results[job_id]
+                entry.result, entry.is_exception = results[job_id]
         if change.event == "retry":
             done.retried += len(change.moved)
         else:
@@ -330,16 +327,10 @@ def mark_running(
     return moved
 
 
-def record_progress(conn: Connection, pilot_id: int, progress: dict[str, Any]) -> None:
+def record_progress(conn: Connection, pilot_id: int, progress: dict[int, tuple[str, float]]) -> None:
     """Store the output tail and memory high-water mark a pilot reports for its running jobs
-    (``{job_id: [tail, max_rss_mb]}``): logs stream to the monitor while jobs run."""
-    rows = []
-    for key, value in progress.items():
-        try:
-            tail, rss = value
-            rows.append((str(tail)[-_TAIL:], float(rss) or None, int(key), pilot_id))
-        except (TypeError, ValueError):
-            continue  # a malformed entry is dropped, not allowed to fail the turn
+    (``{job_id: (tail, max_rss_mb)}``): logs stream to the monitor while jobs run."""
+    rows = [(tail[-_TAIL:], rss or None, job_id, pilot_id) for job_id, (tail, rss) in progress.items()]
     Sql(conn).many(
         "UPDATE jobs SET stdout_tail=?, max_rss_mb=?"
         " WHERE id=? AND pilot_id=? AND status IN ('dispatched','running')",
@@ -347,7 +338,25 @@ def record_progress(conn: Connection, pilot_id: int, progress: dict[str, Any]) -
     )
 
 
-def result_of(conn: Connection, uids: list[str]) -> tuple[list[dict[str, Any]], list[str]]:
+def not_held_by(conn: Connection, pilot_id: int, job_ids: set[int]) -> list[int]:
+    """Among the jobs a pilot says it holds, those it should not: ended, or another pilot's now
+    (it was given up for lost and came back). It is told to kill them."""
+    if not job_ids:
+        return []
+    sql = Sql(conn)
+    wrong: list[int] = []
+    for part in chunks(sorted(job_ids)):
+        wrong += [
+            job_id
+            for job_id, status, holder in sql.rows(
+                f"SELECT id, status, pilot_id FROM jobs WHERE id IN ({marks(len(part))})", part
+            )
+            if status not in ACTIVE_STATES or holder != pilot_id
+        ]
+    return wrong
+
+
+def result_of(conn: Connection, uids: list[str]) -> tuple[list[protocol.Result], list[str]]:
     """Final results for the given job uids, and the uids the server has never stored."""
     rows = (
         conn.execute(

@@ -1,11 +1,11 @@
 """The ZeroMQ dispatcher: the hot path between executors, pilots and the database.
 
-One thread owns a ROUTER socket. Each turn of its loop drains every message waiting, applies
-them all in one database transaction (submissions first, then results, heartbeats and job
-requests), commits, and only then replies: an acknowledged submission or result is durable.
-Pilot job requests that cannot be filled stay standing and are served as soon as work
-arrives, which keeps dispatch latency at one loop turn. On push queues a pilot's request is
-served first from the jobs reserved for its harvester worker (:mod:`pandaflow.server.push`).
+One thread owns a ROUTER socket. Each turn of its loop drains every message waiting, decodes
+and validates each (:mod:`pandaflow.protocol`: a frame that is not a valid message gets an
+:class:`~pandaflow.protocol.Error` reply and a log line, and is applied nowhere), applies the
+valid ones in one database transaction (submissions first, then starts, returns, reports,
+heartbeats and requests), commits, and only then replies: an acknowledged submission or report
+is durable. Which waiting pilot gets which ready jobs is :mod:`pandaflow.server.allocation`.
 """
 
 from __future__ import annotations
@@ -16,59 +16,52 @@ import threading
 import time
 import uuid
 from collections import defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
+import msgspec
 import zmq
-from sqlalchemy import Engine, select
+from sqlalchemy import Connection, Engine
 
 from pandaflow import protocol
-from pandaflow.server import assignment, completion, pilots, push, submission, watchdog
-from pandaflow.server import schema as s
+from pandaflow.server import completion, pilots, submission, watchdog
+from pandaflow.server.allocation import Allocator
 from pandaflow.server.broker import Broker
 from pandaflow.server.statements import claim_writes
-from pandaflow.server.states import ACTIVE_STATES
 
 log = logging.getLogger(__name__)
 
-_OP_ORDER = {
-    "register": 0,
-    "submit": 1,
-    "started": 2,
-    "returned": 3,
-    "results": 4,
-    "heartbeat": 5,
-    "sync": 6,
-    "ping": 7,
-    "request": 8,
-    "bye": 9,
+_ORDER = {
+    protocol.Register: 0,
+    protocol.Submit: 1,
+    protocol.Started: 2,
+    protocol.Returned: 3,
+    protocol.Report: 4,
+    protocol.Heartbeat: 5,
+    protocol.Sync: 6,
+    protocol.Ping: 7,
+    protocol.Request: 8,
+    protocol.Bye: 9,
 }
 _MAX_DRAIN = 4000
-_RECLAIM_AFTER = 0.02  # a job dispatched this recently is on its way to start: not asked back
-_RECLAIM_PATIENCE = 5.0  # a job asked back this long ago without an answer may be asked again
 _PAYLOAD_CACHE_BYTES = 256 << 20
+_LOG_EVERY = 10.0  # seconds between two log lines about invalid messages
 
 
 @dataclass(slots=True)
-class Standing:
-    """A pilot's unfilled request for work: ``n`` jobs, of which ``free`` would start at once."""
+class Turn:
+    """What one turn gathers while it applies its messages: replies, client results, beats."""
 
-    pilot_id: int
-    queue: str
-    n: int
-    cores: int | None
-    memory_mb: int | None
-    free: int = 0
+    conn: Connection
+    now: float
+    outbox: list[tuple[bytes, Any]] = field(default_factory=list)
+    notify: dict[str, list[Any]] = field(default_factory=lambda: defaultdict(list))
+    beats: list[int] = field(default_factory=list)
 
-    def fits_within(self, cores: int | None, memory_mb: int | None) -> bool:
-        """True when every job this pilot can hold would also fit ``cores``/``memory_mb``."""
-        return _at_most(self.cores, cores) and _at_most(self.memory_mb, memory_mb)
-
-
-def _at_most(mine: int | None, other: int | None) -> bool:
-    if other is None:  # unlimited
-        return True
-    return mine is not None and mine <= other
+    def absorb(self, done: completion.Completed, dispatcher: Dispatcher) -> None:
+        for client, results in done.notify.items():
+            self.notify[client].extend(results)
+        dispatcher.allocator.ready(done.requeued)
 
 
 class Dispatcher:
@@ -108,24 +101,29 @@ class Dispatcher:
         self._local = threading.local()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self.waiting: dict[bytes, Standing] = {}
         self.pilot_of: dict[bytes, tuple[int, str]] = {}
-        self.maybe_ready: set[str] = set(broker.queues)
-        # Per queue, the pilot shapes (cores, memory) that found nothing ready since the queue last
-        # got work: a pilot no larger than one of them is not asked again; a larger one is.
-        self.exhausted: dict[str, list[tuple[int | None, int | None]]] = defaultdict(list)
-        # Prefetched jobs asked back from their pilot for an idle one: job id -> time asked.
-        self.reclaiming: dict[int, float] = {}
-        self.push_queues = {q.name for q in broker.queues.values() if q.mode == "push"}
-        # Push-queue pilots that asked for work this turn: jobs may be reserved for their worker.
-        self.push_due: set[bytes] = set()
+        self.allocator = Allocator(
+            broker.queues, [q.name for q in broker.queues.values() if q.mode == "push"]
+        )
         self.book = submission.WorkflowBook()
         self._next_sweep = time.time() + self.heartbeat_interval
-        self.stats = defaultdict(int)
+        self.stats: dict[str, int] = defaultdict(int)
         self.payloads: dict[int, bytes] = {}
-        self._conn = None
         self.payload_bytes = 0
+        self._conn: Connection | None = None
         self.pilot_counts: dict[int, tuple[int, int]] = {}
+        self._logged_at = 0.0
+        self._handlers = {
+            protocol.Register: self._on_register,
+            protocol.Started: self._on_started,
+            protocol.Returned: self._on_returned,
+            protocol.Report: self._on_report,
+            protocol.Heartbeat: self._on_heartbeat,
+            protocol.Request: self._on_request,
+            protocol.Bye: self._on_bye,
+            protocol.Sync: self._on_sync,
+            protocol.Ping: self._on_ping,
+        }
 
     # ---------------------------------------------------------------- thread control
     def start(self) -> None:
@@ -150,7 +148,7 @@ class Dispatcher:
             sock.setsockopt(zmq.LINGER, 1000)
             sock.connect(self._control_addr)
             self._local.push = sock
-        sock.send(protocol.encode(message))
+        sock.send(protocol.pack(message))
 
     # ---------------------------------------------------------------- loop
     def run(self) -> None:
@@ -165,14 +163,14 @@ class Dispatcher:
                 if self._stop.is_set():
                     break
                 raise
-            batch: list[tuple[bytes, dict[str, Any]]] = []
+            batch: list[tuple[bytes, protocol.ToServer]] = []
             controls: list[dict[str, Any]] = []
             if self.router in events:
                 self._drain_router(batch)
             if self.control in events:
                 while True:
                     try:
-                        controls.append(protocol.decode(self.control.recv(zmq.NOBLOCK)))
+                        controls.append(protocol.unpack(self.control.recv(zmq.NOBLOCK)))
                     except zmq.Again:
                         break
             if self._stop.is_set():
@@ -181,322 +179,275 @@ class Dispatcher:
             if batch or controls or sweep:
                 self.turn(batch, controls, sweep)
 
-    def _drain_router(self, batch: list[tuple[bytes, dict[str, Any]]]) -> None:
+    def _drain_router(self, batch: list[tuple[bytes, protocol.ToServer]]) -> None:
         for _ in range(_MAX_DRAIN):
             try:
                 frames = self.router.recv_multipart(zmq.NOBLOCK, copy=True)
             except zmq.Again:
                 return
             if len(frames) != 2:
+                self._refuse(frames[0], f"expected one frame per message, got {len(frames) - 1}")
                 continue
             identity, frame = frames
             try:
-                message = protocol.decode(frame)
-            except ValueError as exc:
-                self._send(identity, {"op": "error", "message": str(exc)})
+                message = protocol.to_server(frame)
+            except protocol.ProtocolError as exc:
+                if self._authentic(identity, protocol.credential_of(frame)):
+                    self._refuse(identity, str(exc))
                 continue
-            token = message.get("tok")
-            if not isinstance(token, str) or not hmac.compare_digest(token.encode(), self.token):
-                self.stats["auth_failures"] += 1
-                self._send(
-                    identity, {"op": "error", "message": "authentication failed: wrong or missing token"}
-                )
-                continue
-            batch.append((identity, message))
+            if self._authentic(identity, message.tok):
+                batch.append((identity, message))
+
+    def _authentic(self, identity: bytes, token: str) -> bool:
+        if hmac.compare_digest(token.encode(), self.token):
+            return True
+        self.stats["auth_failures"] += 1
+        self._send(identity, protocol.Error(message="authentication failed: wrong or missing token"))
+        return False
+
+    def _refuse(self, identity: bytes, why: str) -> None:
+        """Answer a frame that is not a valid message, and say so in the log (rate-limited)."""
+        self.stats["invalid_messages"] += 1
+        self._send(identity, protocol.Error(message=why))
+        now = time.time()
+        if now - self._logged_at >= _LOG_EVERY:
+            self._logged_at = now
+            log.warning(
+                "refused a message from %r: %s (%d refused so far)",
+                identity[:64], why, self.stats["invalid_messages"],
+            )  # fmt: skip
 
     def turn(
-        self, batch: list[tuple[bytes, dict[str, Any]]], controls: list[dict[str, Any]], sweep: bool
+        self, batch: list[tuple[bytes, protocol.ToServer]], controls: list[dict[str, Any]], sweep: bool
     ) -> None:
         """Apply one batch of messages in one transaction, then reply."""
-        outbox: list[tuple[bytes, dict[str, Any]]] = []
-        notify: dict[str, list[dict[str, Any]]] = defaultdict(list)
+        early: list[tuple[bytes, Any]] = []
+        notify: dict[str, list[Any]] = defaultdict(list)
         for control in controls:
-            self._control(control, outbox, notify)
-        self._flush(outbox, notify)
-        batch.sort(key=lambda item: _OP_ORDER.get(item[1].get("op"), 99))
+            self._control(control, early, notify)
+        self._flush(early, notify)
+        batch.sort(key=lambda item: _ORDER.get(type(item[1]), 99))
         try:
-            self._apply(batch, sweep, outbox, notify)
+            done = self._apply(batch, sweep)
         except Exception as exc:
             # Nothing was committed: submitters and pilots got no ack and will resend.
             log.exception("dispatcher turn failed; rolled back %d messages", len(batch))
             self.book.forget()
             self.stats["rollbacks"] += 1
-            outbox.clear()
-            notify.clear()
             if len(batch) > 1:
                 for item in batch:  # isolate the message that fails, so the others go through
                     self.turn([item], [], False)
             elif batch:
                 identity, message = batch[0]
-                if message.get("op") == "submit" and isinstance(message.get("client"), str):
-                    identity = message["client"].encode()  # executors read replies on their main socket
-                error = f"server failed to process {message.get('op')!r}: {type(exc).__name__}: {exc}"
-                reply = {"op": "submitted", "batch": message.get("batch"), "error": error}
-                self._send(
-                    identity, reply if message.get("op") == "submit" else {"op": "error", "message": error}
-                )
+                error = f"server failed to process {type(message).__name__}: {type(exc).__name__}: {exc}"
+                if isinstance(message, protocol.Submit):
+                    # executors read replies on their main socket
+                    client = (message.client or identity.decode(errors="replace")).encode()
+                    self._send(client, protocol.Submitted(batch=message.batch, error=error))
+                else:
+                    self._send(identity, protocol.Error(message=error))
             return
-        self._flush(outbox, notify)
+        self._flush(done.outbox, done.notify)
 
-    def _apply(self, batch, sweep: bool, outbox, notify) -> None:
-        now = time.time()
+    def _apply(self, batch: list[tuple[bytes, protocol.ToServer]], sweep: bool) -> Turn:
         if self._conn is None or self._conn.closed:
             # One connection for the loop's life: no pool checkout and reset on every turn.
             self._conn = self.engine.connect()
-        conn = self._conn
+        turn = Turn(self._conn, time.time())
         try:
-            with conn.begin():
-                self._apply_in(conn, batch, sweep, outbox, notify, now)
+            with self._conn.begin():
+                self._apply_in(turn, batch, sweep)
         except Exception:
             self._conn.close()
             self._conn = None
             raise
+        return turn
 
-    def _apply_in(self, conn, batch, sweep: bool, outbox, notify, now: float) -> None:
-        claim_writes(conn)  # a turn reads jobs and products, then writes what follows from them
-        beats: list[int] = []
-        submits = [item for item in batch if item[1].get("op") == "submit"]
+    def _apply_in(self, turn: Turn, batch: list[tuple[bytes, protocol.ToServer]], sweep: bool) -> None:
+        claim_writes(turn.conn)  # a turn reads jobs and products, then writes what follows from them
+        submits = [(i, m) for i, m in batch if isinstance(m, protocol.Submit)]
         if submits:
-            self._submit_all(conn, submits, now, outbox)
+            self._submit_all(turn, submits)
         for identity, message in batch:
-            if message.get("op") == "submit":
-                continue
-            handler = getattr(self, "_op_" + str(message.get("op")), None)
-            if handler is None:
-                outbox.append((identity, {"op": "error", "message": f"unknown op {message.get('op')!r}"}))
-                continue
-            handler(conn, identity, message, now, outbox, notify, beats)
-        pilots.heartbeat(conn, beats, now)
+            handler = self._handlers.get(type(message))
+            if handler is not None:
+                handler(turn, identity, message)
+        pilots.heartbeat(turn.conn, turn.beats, turn.now)
         if sweep:
-            self._sweep(conn, now, notify)
-        self._assign(conn, now, outbox)
+            self._sweep(turn)
+        holders = {pilot_id: identity for identity, (pilot_id, _q) in self.pilot_of.items()}
+        self.allocator.serve(turn.conn, turn.now, turn.outbox, self.payloads, holders)
 
-    def _flush(self, outbox, notify) -> None:
+    def _flush(self, outbox: list[tuple[bytes, Any]], notify: dict[str, list[Any]]) -> None:
         # Results first: a client waits on them, while pilot acknowledgements are housekeeping.
         for client, results in notify.items():
-            self._send(client.encode(), {"op": "results", "results": results})
+            self._send(client.encode(), protocol.Results(results=results))
         for identity, message in outbox:
             self._send(identity, message)
         outbox.clear()
         notify.clear()
 
-    def _send(self, identity: bytes, message: dict[str, Any]) -> None:
+    def _send(self, identity: bytes, message: msgspec.Struct) -> None:
         try:
             self.router.send_multipart([identity, protocol.encode(message)], zmq.NOBLOCK)
         except zmq.ZMQError:
             # Peer gone (or never connected): executors re-sync and pilots re-request on reconnect.
             self.stats["undeliverable"] += 1
 
-    # ---------------------------------------------------------------- ops
-    def _op_register(self, conn, identity, msg, now, outbox, notify, beats) -> None:
-        msg["pilot"] = identity.decode(errors="replace")
-        pilot_id = pilots.register(conn, msg, now)
-        self.pilot_of[identity] = (pilot_id, str(msg.get("queue") or ""))
-        if msg.get("queue") not in self.broker.queues:
-            outbox.append(
-                (
-                    identity,
-                    {
-                        "op": "error",
-                        "fatal": True,
-                        "message": f"unknown queue {msg.get('queue')!r}; known: {sorted(self.broker.queues)}",
-                    },
-                )
-            )
-            pilots.depart(conn, pilot_id, now)
-            return
-        outbox.append(
-            (
-                identity,
-                {
-                    "op": "registered",
-                    "pilot_id": pilot_id,
-                    "epoch": self.epoch,
-                    "heartbeat_interval": self.heartbeat_interval,
-                },
-            )
-        )
-
-    def _pilot(self, conn, identity: bytes, outbox) -> tuple[int, str] | None:
+    # ---------------------------------------------------------------- pilots
+    def _pilot(self, turn: Turn, identity: bytes) -> tuple[int, str] | None:
+        """The pilot (id, queue) behind ``identity``; one the server does not know is told to
+        register again (a server restarted on a fresh database, or a pilot it gave up on)."""
         known = self.pilot_of.get(identity)
         if known is None:
-            row = pilots.lookup(conn, identity.decode(errors="replace"))
+            row = pilots.lookup(turn.conn, identity.decode(errors="replace"))
             if row is None:
-                outbox.append((identity, {"op": "reregister", "epoch": self.epoch}))
+                turn.outbox.append((identity, protocol.Reregister(epoch=self.epoch)))
                 return None
             known = self.pilot_of[identity] = (row[0], row[1])
         return known
 
-    def _submit_all(self, conn, items, now: float, outbox) -> None:
+    def _want(self, identity: bytes, pilot: tuple[int, str], want: protocol.Want | None) -> None:
+        self.allocator.want(identity, pilot[0], pilot[1], want)
+
+    def _on_register(self, turn: Turn, identity: bytes, msg: protocol.Register) -> None:
+        info = msgspec.structs.asdict(msg)
+        info["pilot"] = identity.decode(errors="replace")
+        pilot_id = pilots.register(turn.conn, info, turn.now)
+        self.pilot_of[identity] = (pilot_id, msg.queue)
+        if msg.queue not in self.broker.queues:
+            known = sorted(self.broker.queues)
+            turn.outbox.append(
+                (identity, protocol.Error(message=f"unknown queue {msg.queue!r}; known: {known}", fatal=True))
+            )
+            pilots.depart(turn.conn, pilot_id, turn.now)
+            return
+        reply = protocol.Registered(
+            pilot_id=pilot_id, epoch=self.epoch, heartbeat_interval=self.heartbeat_interval
+        )
+        turn.outbox.append((identity, reply))
+
+    def _on_started(self, turn: Turn, identity: bytes, msg: protocol.Started) -> None:
+        """The pilot started these jobs: they are running (and count an attempt if it dies)."""
+        pilot = self._pilot(turn, identity)
+        if pilot is None:
+            return
+        started = {job_id: t0 for job_id, _attempt, t0 in msg.jobs}
+        attempts = {job_id: attempt for job_id, attempt, _t0 in msg.jobs}
+        completion.mark_running(turn.conn, pilot[0], started, turn.now, attempts)
+        turn.beats.append(pilot[0])
+
+    def _on_returned(self, turn: Turn, identity: bytes, msg: protocol.Returned) -> None:
+        """The pilot gives back jobs it never started (it is draining, or was asked to)."""
+        pilot = self._pilot(turn, identity)
+        if pilot is None:
+            return
+        wanted = dict(msg.jobs)
+        self.allocator.returned(wanted)
+        rows = [
+            r
+            for r in completion.held_by(turn.conn, pilot[0], list(wanted))
+            if wanted[r["id"]] == r["attempt"]
+        ]
+        turn.absorb(
+            completion.give_back(turn.conn, rows, turn.now, f"pilot {pilot[0]} gave it back unstarted"), self
+        )
+        self._want(identity, pilot, msg.want)
+
+    def _on_report(self, turn: Turn, identity: bytes, msg: protocol.Report) -> None:
+        pilot = self._pilot(turn, identity)
+        if pilot is None:
+            return
+        outcomes = msg.outcomes
+        turn.absorb(completion.record(turn.conn, outcomes, turn.now, self.broker, pilot_id=pilot[0]), self)
+        ok = sum(1 for o in outcomes if o.ok)
+        done_ok, done_failed = self.pilot_counts.get(pilot[0], (0, 0))
+        self.pilot_counts[pilot[0]] = (done_ok + ok, done_failed + len(outcomes) - ok)
+        turn.outbox.append((identity, protocol.Acked(ids=[(o.job_id, o.attempt) for o in outcomes])))
+        self.stats["results"] += len(outcomes)
+        self._want(identity, pilot, msg.want)
+
+    def _on_request(self, turn: Turn, identity: bytes, msg: protocol.Request) -> None:
+        pilot = self._pilot(turn, identity)
+        if pilot is not None:
+            self._want(identity, pilot, msg.want)
+
+    def _on_heartbeat(self, turn: Turn, identity: bytes, msg: protocol.Heartbeat) -> None:
+        pilot = self._pilot(turn, identity)
+        if pilot is None:
+            return
+        pilot_id = pilot[0]
+        turn.beats.append(pilot_id)
+        completion.mark_running(turn.conn, pilot_id, msg.running, turn.now)
+        if msg.progress:
+            completion.record_progress(turn.conn, pilot_id, msg.progress)
+        known = set(msg.known)
+        grace = max(2 * self.heartbeat_interval, 5.0)
+        turn.absorb(watchdog.unacknowledged(turn.conn, pilot_id, known, turn.now - grace, turn.now), self)
+        kill = completion.not_held_by(turn.conn, pilot_id, known)
+        turn.outbox.append((identity, protocol.Beat(epoch=self.epoch, kill=kill)))
+        self._want(identity, pilot, msg.want)
+
+    def _on_bye(self, turn: Turn, identity: bytes, msg: protocol.Bye) -> None:
+        pilot = self.pilot_of.pop(identity, None) or self._pilot(turn, identity)
+        self.allocator.forget(identity)
+        if pilot is not None:
+            pilots.depart(turn.conn, pilot[0], turn.now)
+            # Whatever it still held (a report lost on the way): back to the queue if never
+            # started, else the attempt ended with the pilot.
+            turn.absorb(watchdog.settle_departed(turn.conn, pilot[0], turn.now), self)
+
+    # ---------------------------------------------------------------- executors
+    def _submit_all(self, turn: Turn, items: list[tuple[bytes, protocol.Submit]]) -> None:
         """Store every submission of this turn, grouped per client and workflow so that many
         small messages cost one bulk insert; each message gets its own acknowledgement."""
         groups: dict[tuple[str, str, str, bool], list[dict[str, Any]]] = defaultdict(list)
         for identity, msg in items:
             # Executors send from a socket of their own and take replies on their main one.
-            client = msg.get("client")
-            if not isinstance(client, str):
-                client = identity.decode(errors="replace")
-            reply: dict[str, Any] = {"op": "submitted", "batch": msg.get("batch")}
-            outbox.append((client.encode(), reply))
-            jobs = msg.get("jobs")
-            if not isinstance(jobs, list) or not jobs:
-                reply["error"] = "'jobs' must be a non-empty list"
+            msg.client = msg.client or identity.decode(errors="replace")
+            reply = protocol.Submitted(batch=msg.batch)
+            turn.outbox.append((msg.client.encode(), reply))
+            if not msg.jobs:
+                reply.error = "'jobs' must be a non-empty list"
                 continue
             clean, rejected = [], {}
-            for i, job in enumerate(jobs):
+            for i, job in enumerate(msg.jobs):
                 try:
                     clean.extend(submission.validate([job], self.broker))
                 except submission.SubmissionError as exc:
-                    uid = job.get("uid") if isinstance(job, dict) else None
+                    uid = job.get("uid") if isinstance(job.get("uid"), str) else None
                     rejected[uid or f"jobs[{i}]"] = "; ".join(exc.problems).replace("jobs[0]", f"jobs[{i}]")
-            reply["rejected"] = rejected
-            reply["accepted"] = len(clean)
-            key = (
-                client,
-                str(msg.get("workflow") or "default"),
-                str(msg.get("owner") or ""),
-                msg.get("fresh") is True,
-            )
-            groups[key].extend(clean)
+            reply.rejected = rejected
+            reply.accepted = len(clean)
+            groups[(msg.client, msg.workflow or "default", msg.owner, msg.fresh)].extend(clean)
         for (client, workflow, owner, fresh), clean in groups.items():
             if not clean:
                 continue
             stored = submission.store(
-                conn, clean, self.book, workflow=workflow, client=client, owner=owner, now=now, fresh=fresh
-            )
-            self._ready(stored.queues)
+                turn.conn, clean, self.book, workflow=workflow, client=client, owner=owner, now=turn.now,
+                fresh=fresh,
+            )  # fmt: skip
+            self.allocator.ready(stored.queues)
             self._cache_payloads(stored.payloads)
             self.stats["submitted"] += len(clean)
 
-    def _op_results(self, conn, identity, msg, now, outbox, notify, beats) -> None:
-        pilot = self._pilot(conn, identity, outbox)
-        if pilot is None:
-            return
-        outcomes = msg.get("outcomes") or []
-        done = completion.record(conn, outcomes, now, self.broker, pilot_id=pilot[0])
-        for client, results in done.notify.items():
-            notify[client].extend(results)
-        self._ready(done.requeued)
-        ok = sum(1 for o in outcomes if o.get("ok"))
-        done_ok, done_failed = self.pilot_counts.get(pilot[0], (0, 0))
-        self.pilot_counts[pilot[0]] = (done_ok + ok, done_failed + len(outcomes) - ok)
-        outbox.append((identity, {"op": "acked", "ids": [[o["id"], o.get("attempt")] for o in outcomes]}))
-        self.stats["results"] += len(outcomes)
-        self._want(identity, pilot, msg.get("want"))
-
-    def _op_started(self, conn, identity, msg, now, outbox, notify, beats) -> None:
-        """The pilot started these jobs (``[[id, attempt, started_at], ...]``): they are running."""
-        pilot = self._pilot(conn, identity, outbox)
-        if pilot is None:
-            return
-        started, attempts = {}, {}
-        for job_id, attempt, t0 in msg.get("jobs") or ():
-            started[int(job_id)] = float(t0)
-            attempts[int(job_id)] = int(attempt)
-        completion.mark_running(conn, pilot[0], started, now, attempts)
-        beats.append(pilot[0])
-
-    def _op_returned(self, conn, identity, msg, now, outbox, notify, beats) -> None:
-        """The pilot gives back jobs it never started (it is draining, or was asked to)."""
-        pilot = self._pilot(conn, identity, outbox)
-        if pilot is None:
-            return
-        wanted = {int(job_id): int(attempt) for job_id, attempt in msg.get("jobs") or ()}
-        for job_id in wanted:
-            self.reclaiming.pop(job_id, None)
-        rows = completion.held_by(conn, pilot[0], list(wanted))
-        rows = [r for r in rows if wanted.get(r["id"]) == r["attempt"]]
-        done = completion.give_back(conn, rows, now, f"pilot {pilot[0]} gave it back unstarted")
-        self._absorb(done, notify)
-        self._want(identity, pilot, msg.get("want"))
-
-    def _absorb(self, done: completion.Completed, notify) -> None:
-        for client, results in done.notify.items():
-            notify[client].extend(results)
-        self._ready(done.requeued)
-
-    def _op_request(self, conn, identity, msg, now, outbox, notify, beats) -> None:
-        pilot = self._pilot(conn, identity, outbox)
-        if pilot is not None:
-            self._want(identity, pilot, msg.get("want"))
-
-    def _want(self, identity: bytes, pilot: tuple[int, str], want: Any) -> None:
-        if not isinstance(want, dict):
-            return
-        n = int(want.get("n") or 0)
-        if n <= 0:
-            self.waiting.pop(identity, None)
-            return
-        free = min(n, int(want.get("free", n) or 0))
-        standing = Standing(pilot[0], pilot[1], n, want.get("cores"), want.get("memory_mb"), free)
-        self.waiting[identity] = standing
-        if not any(standing.fits_within(c, m) for c, m in self.exhausted.get(pilot[1], ())):
-            self.maybe_ready.add(pilot[1])  # a pilot larger than those that found nothing: look again
-        if pilot[1] in self.push_queues:
-            # A harvester (unseen here) may have reserved jobs for its worker: look this turn,
-            # whatever other pilots of the queue found.
-            self.push_due.add(identity)
-
-    def _ready(self, queues) -> None:
-        """These queues got ready work: every waiting pilot of theirs is worth asking again."""
-        for queue in queues:
-            if queue:
-                self.maybe_ready.add(queue)
-                self.exhausted.pop(queue, None)
-
-    def _op_heartbeat(self, conn, identity, msg, now, outbox, notify, beats) -> None:
-        pilot = self._pilot(conn, identity, outbox)
-        if pilot is None:
-            return
-        pilot_id = pilot[0]
-        beats.append(pilot_id)
-        running = {int(k): float(v) for k, v in (msg.get("running") or {}).items()}
-        completion.mark_running(conn, pilot_id, running, now)
-        progress = msg.get("progress")
-        if isinstance(progress, dict) and progress:
-            completion.record_progress(conn, pilot_id, progress)
-        known = {int(j) for j in msg.get("known") or ()}
-        grace = max(2 * self.heartbeat_interval, 5.0)
-        done = watchdog.unacknowledged(conn, pilot_id, known, now - grace, now)
-        for client, results in done.notify.items():
-            notify[client].extend(results)
-        self._ready(done.requeued)
-        kill = []
-        if known:
-            rows = conn.execute(
-                select(s.jobs.c.id, s.jobs.c.status, s.jobs.c.pilot_id).where(s.jobs.c.id.in_(known))
-            ).all()
-            kill = [r.id for r in rows if r.status not in ACTIVE_STATES or r.pilot_id != pilot_id]
-        outbox.append((identity, {"op": "hb", "epoch": self.epoch, "kill": kill}))
-        self._want(identity, pilot, msg.get("want"))
-
-    def _op_bye(self, conn, identity, msg, now, outbox, notify, beats) -> None:
-        pilot = self.pilot_of.pop(identity, None) or self._pilot(conn, identity, [])
-        self.waiting.pop(identity, None)
-        if pilot is not None:
-            pilots.depart(conn, pilot[0], now)
-            # Whatever it still held (a report lost on the way): back to the queue if never
-            # started, else the attempt ended with the pilot.
-            self._absorb(watchdog.settle_departed(conn, pilot[0], now), notify)
-
-    def _op_sync(self, conn, identity, msg, now, outbox, notify, beats) -> None:
-        uids = [str(u) for u in msg.get("uids") or ()]
-        results, unknown = completion.result_of(conn, uids) if uids else ([], [])
+    def _on_sync(self, turn: Turn, identity: bytes, msg: protocol.Sync) -> None:
+        results, unknown = completion.result_of(turn.conn, msg.uids) if msg.uids else ([], [])
         if results:
-            notify[identity.decode(errors="replace")].extend(results)
-        outbox.append((identity, {"op": "synced", "unknown": unknown, "epoch": self.epoch}))
+            turn.notify[identity.decode(errors="replace")].extend(results)
+        turn.outbox.append((identity, protocol.Synced(unknown=unknown, epoch=self.epoch)))
 
-    def _op_ping(self, conn, identity, msg, now, outbox, notify, beats) -> None:
-        outbox.append((identity, {"op": "pong", "epoch": self.epoch}))
+    def _on_ping(self, turn: Turn, identity: bytes, msg: protocol.Ping) -> None:
+        turn.outbox.append((identity, protocol.Pong(epoch=self.epoch)))
 
     # ---------------------------------------------------------------- internals
     def _control(self, control: dict[str, Any], outbox, notify) -> None:
         kind = control.get("kind")
         if kind == "ready":
-            self._ready(set(control.get("queues") or self.broker.queues))
+            self.allocator.ready(set(control.get("queues") or self.broker.queues))
         elif kind == "kill":
             for name, ids in (control.get("pilots") or {}).items():
-                outbox.append((name.encode(), {"op": "kill", "ids": ids}))
+                outbox.append((name.encode(), protocol.Kill(ids=ids)))
         elif kind == "notify":
             for client, results in (control.get("notify") or {}).items():
                 notify[client].extend(results)
@@ -510,107 +461,26 @@ class Dispatcher:
         self.payloads.update(payloads)
         self.payload_bytes += size
 
-    def _sweep(self, conn, now: float, notify) -> None:
-        self._next_sweep = now + min(self.heartbeat_interval, 5.0)
-        pilots.count_done(conn, self.pilot_counts)
+    def _sweep(self, turn: Turn) -> None:
+        self._next_sweep = turn.now + min(self.heartbeat_interval, 5.0)
+        pilots.count_done(turn.conn, self.pilot_counts)
         self.pilot_counts = {}
         # Periodically look again at every queue: a request filtered by size may have left work.
-        self._ready(self.broker.queues)
-        self.reclaiming = {j: t for j, t in self.reclaiming.items() if t > now - _RECLAIM_PATIENCE}
-        lost, done = watchdog.sweep(conn, now, self.heartbeat_timeout)
+        self.allocator.rescan(turn.now)
+        lost, done = watchdog.sweep(turn.conn, turn.now, self.heartbeat_timeout)
         if lost:
             log.warning(
-                "pilots %s lost (no heartbeat for %.0f s); their jobs are retried",
-                lost,
-                self.heartbeat_timeout,
-            )
+                "pilots %s lost (no heartbeat for %.0f s): their running jobs are retried, the others "
+                "go back to their queue",
+                lost, self.heartbeat_timeout,
+            )  # fmt: skip
             for identity, (pilot_id, _q) in list(self.pilot_of.items()):
                 if pilot_id in lost:
                     self.pilot_of.pop(identity, None)
-                    self.waiting.pop(identity, None)
-        for client, results in done.notify.items():
-            notify[client].extend(results)
-        self._ready(done.requeued)
+                    self.allocator.forget(identity)
+        turn.absorb(done, self)
 
-    def _assign(self, conn, now: float, outbox) -> None:
-        """Serve standing requests: first the free slots of every waiting pilot, then, with what
-        is left, their prefetch; a pilot no larger than one that found nothing is skipped. Then
-        ask back prefetched jobs for pilots that still have free slots."""
-        self._serve_reserved(conn, now, outbox)
-        if not self.waiting or not self.maybe_ready:
-            return
-        for prefetch in (False, True):
-            for identity, want in list(self.waiting.items()):
-                if want.queue not in self.maybe_ready:
-                    continue
-                n = want.n - want.free if prefetch else want.free
-                if n <= 0 or any(want.fits_within(c, m) for c, m in self.exhausted.get(want.queue, ())):
-                    continue
-                jobs = assignment.assign(
-                    conn,
-                    pilot_id=want.pilot_id,
-                    queue=want.queue,
-                    n=n,
-                    cores=want.cores,
-                    memory_mb=want.memory_mb,
-                    now=now,
-                    payload_cache=self.payloads,
-                )
-                if len(jobs) < n:
-                    self.exhausted[want.queue].append((want.cores, want.memory_mb))
-                self._hand(identity, want, jobs, outbox)
-        for queue in list(self.maybe_ready):
-            if all(
-                any(w.fits_within(c, m) for c, m in self.exhausted.get(queue, ()))
-                for w in self.waiting.values()
-                if w.queue == queue
-            ):
-                self.maybe_ready.discard(queue)  # nothing there for anyone waiting: until new work
-        self._reclaim(conn, now, outbox)
-
-    def _reclaim(self, conn, now: float, outbox) -> None:
-        """A pilot with free slots that found nothing ready: ask other pilots of its queue for
-        jobs they hold in prefetch (dispatched, not started), newest first. They give back what
-        they have not started (``returned``), and it goes to a free pilot."""
-        idle = [(identity, w) for identity, w in self.waiting.items() if w.free > 0]
-        if not idle:
-            return
-        names = {pilot_id: identity for identity, (pilot_id, _q) in self.pilot_of.items()}
-        for _identity, want in idle:
-            rows = assignment.prefetched(
-                conn, queue=want.queue, other_than=want.pilot_id, n=want.free + len(self.reclaiming),
-                cores=want.cores, memory_mb=want.memory_mb, before=now - _RECLAIM_AFTER,
-            )  # fmt: skip
-            asks: dict[bytes, list[list[int]]] = defaultdict(list)
-            for row in rows:
-                holder = names.get(row["pilot_id"])
-                if holder is None or row["id"] in self.reclaiming:
-                    continue
-                if sum(len(v) for v in asks.values()) >= want.free:
-                    break
-                asks[holder].append([row["id"], row["attempt"]])
-                self.reclaiming[row["id"]] = now
-            for holder, jobs in asks.items():
-                outbox.append((holder, {"op": "reclaim", "jobs": jobs}))
-                self.stats["reclaimed"] += len(jobs)
-
-    def _serve_reserved(self, conn, now: float, outbox) -> None:
-        """Push queues: a pilot that asked this turn gets the jobs reserved for its worker first,
-        whatever other pilots of the queue found; the usual pass then fills the rest of its slots."""
-        for identity in self.push_due:
-            want = self.waiting.get(identity)
-            if want is None:
-                continue
-            jobs = push.take(conn, pilot_id=want.pilot_id, n=want.n, now=now, payload_cache=self.payloads)
-            self._hand(identity, want, jobs, outbox)
-        self.push_due.clear()
-
-    def _hand(self, identity: bytes, want: Standing, jobs: list[dict[str, Any]], outbox) -> None:
-        """Send dispatched jobs to the pilot; its request stands for what is still wanted."""
-        if jobs:
-            outbox.append((identity, {"op": "jobs", "jobs": jobs}))
-            self.stats["dispatched"] += len(jobs)
-            want.n -= len(jobs)
-            want.free = max(0, want.free - len(jobs))
-        if want.n <= 0:
-            del self.waiting[identity]
+    @property
+    def waiting(self):
+        """The standing requests (for tests and the monitor)."""
+        return self.allocator.waiting

@@ -25,10 +25,10 @@ retry clears it (the next attempt is reserved afresh).
 from __future__ import annotations
 
 from collections.abc import MutableMapping
-from typing import Any
 
 from sqlalchemy import Connection
 
+from pandaflow import protocol
 from pandaflow.server import assignment, states
 from pandaflow.server.statements import Sql, marks
 
@@ -81,7 +81,7 @@ def take(
     n: int,
     now: float,
     payload_cache: MutableMapping[int, bytes] | None = None,
-) -> list[dict[str, Any]]:
+) -> list[protocol.Payload]:
     """Dispatch up to ``n`` jobs reserved for the worker the pilot runs in; returns their payloads
     in the shape :func:`pandaflow.server.assignment.assign` sends (the pilot cannot tell them apart).
     """

@@ -26,6 +26,7 @@ from typing import Any
 
 from sqlalchemy import Connection
 
+from pandaflow import protocol
 from pandaflow.server.statements import Sql, chunks, claim_writes, insert_sql, marks
 
 PENDING = "pending"
@@ -201,16 +202,12 @@ def allowed_sources(target: str) -> frozenset[str]:
 
 
 def result_entry(
-    job: Mapping[str, Any],
-    status: str,
-    error_code: int = 0,
-    error_diag: str = "",
-    result: bytes | None = None,
-    exc: bool = False,
-) -> dict[str, Any]:
-    """What a submitting client is told of a job that ended (the ``results`` message entry)."""
-    return {"id": job["id"], "uid": job["uid"], "status": status, "error_code": int(error_code or 0),
-            "error_diag": error_diag or "", "result": result, "exc": bool(exc)}  # fmt: skip
+    job: Mapping[str, Any], status: str, error_code: int = 0, error_diag: str = "",
+    result: bytes | None = None, exc: bool = False,
+) -> protocol.Result:  # fmt: skip
+    """What a submitting client is told of a job that ended (an entry of the ``results`` message)."""
+    return protocol.Result(job_id=job["id"], uid=job["uid"], status=status, error_code=int(error_code or 0),
+                           error_diag=error_diag or "", result=result, is_exception=bool(exc))  # fmt: skip
 
 
 @dataclass(slots=True)
@@ -218,7 +215,7 @@ class Effects:
     """Follow-ups of state changes that reach outside the database, gathered for the caller
     to send once the transaction committed."""
 
-    notify: dict[str, list[dict[str, Any]]] = field(default_factory=lambda: defaultdict(list))
+    notify: dict[str, list[protocol.Result]] = field(default_factory=lambda: defaultdict(list))
     queues: set[str] = field(default_factory=set)  # queues that got ready jobs (wake the dispatcher)
     kill: dict[int, list[int]] = field(default_factory=lambda: defaultdict(list))  # pilot id -> job ids
 
@@ -240,7 +237,7 @@ class Applied:
     target: str
     moved: list[dict[str, Any]] = field(default_factory=list)
     skipped: list[dict[str, Any]] = field(default_factory=list)
-    entries: dict[int, dict[str, Any]] = field(default_factory=dict)
+    entries: dict[int, protocol.Result] = field(default_factory=dict)
 
     @property
     def ids(self) -> list[int]:

@@ -228,7 +228,7 @@ def test_idle_pilots_are_scaled_in_by_cancelling_their_workers(engine, tmp_path,
         (job,) = assignment.assign(conn, pilot_id=pilot_id, queue="q", n=5, now=time.time())
     assert h.cycle()["q"].cancelled == []
     with engine.begin() as conn:
-        conn.execute(s.jobs.update().where(s.jobs.c.id == job["id"]).values(status="finished"))
+        conn.execute(s.jobs.update().where(s.jobs.c.id == job.job_id).values(status="finished"))
     assert h.cycle()["q"].cancelled == []  # idle, but not for long yet
     time.sleep(0.3)
     report = h.cycle()["q"]

@@ -218,9 +218,9 @@ def test_a_push_pilots_request_is_served_its_reserved_jobs_first_then_the_queues
         pilot.send("register", queue="pushed", cores=2, worker_id=worker)
         pilot.recv("registered", timeout=10.0)
         pilot.send("request", want={"n": 2, "cores": 2})
-        handed = [job["id"] for job in pilot.recv("jobs", timeout=10.0)["jobs"]]
+        handed = [job["job_id"] for job in pilot.recv("jobs", timeout=10.0)["jobs"]]
         if len(handed) < 2:  # the reserved jobs and the pulled ones may come as two messages
-            handed += [job["id"] for job in pilot.recv("jobs", timeout=10.0)["jobs"]]
+            handed += [job["job_id"] for job in pilot.recv("jobs", timeout=10.0)["jobs"]]
         assert handed == [first, urgent]  # its own job first, then the queue's by priority
         assert rows(server, s.jobs)[second - 1]["status"] == "ready"  # left for whoever asks next
         assert rows(server, s.workers)[0]["pilot_id"] is not None
@@ -246,7 +246,7 @@ def test_a_push_pilot_gets_its_reserved_jobs_while_other_pilots_of_the_queue_wai
         pushed.send("register", queue="pushed", cores=1, worker_id=worker)
         pushed.recv("registered", timeout=10.0)
         pushed.send("request", want={"n": 2, "cores": 1})
-        assert [job["id"] for job in pushed.recv("jobs", timeout=10.0)["jobs"]] == [1]
+        assert [job["job_id"] for job in pushed.recv("jobs", timeout=10.0)["jobs"]] == [1]
     finally:
         idle.close()
         pushed.close()

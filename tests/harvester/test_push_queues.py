@@ -114,7 +114,7 @@ def test_the_workers_pilot_takes_exactly_its_reserved_jobs(engine, tmp_path, fak
     pilot = register_pilot(engine, second, name="p-second")
     with engine.begin() as conn:
         taken = push.take(conn, pilot_id=pilot, n=10, now=time.time())
-    assert [j["id"] for j in taken] == ids[2:4]
+    assert [j.job_id for j in taken] == ids[2:4]
     assert taken[0]["command"] == "true" and taken[0]["attempt"] == 1
     rows = jobs_by_id(engine)
     assert [(rows[i]["status"], rows[i]["pilot_id"], rows[i]["worker_id"]) for i in ids[2:4]] == [
@@ -133,7 +133,7 @@ def test_a_pilot_asking_for_fewer_jobs_than_reserved_gets_the_rest_on_its_next_r
     with engine.begin() as conn:
         first = push.take(conn, pilot_id=pilot, n=1, now=time.time())
         rest = push.take(conn, pilot_id=pilot, n=5, now=time.time())
-    assert [j["id"] for j in first] == ids[:1] and [j["id"] for j in rest] == ids[1:]
+    assert [j.job_id for j in first] == ids[:1] and [j.job_id for j in rest] == ids[1:]
 
 
 # ---------------------------------------------------------------- releasing
@@ -227,7 +227,7 @@ def test_a_reservation_survives_a_harvester_restart_and_still_goes_to_its_pilot(
     assert report.submitted == [] and report.reserved_jobs == 2
     pilot = register_pilot(engine, worker)
     with engine.begin() as conn:
-        assert [j["id"] for j in push.take(conn, pilot_id=pilot, n=4, now=time.time())] == ids
+        assert [j.job_id for j in push.take(conn, pilot_id=pilot, n=4, now=time.time())] == ids
 
 
 # ---------------------------------------------------------------- migration 0006

@@ -121,7 +121,7 @@ def test_python_task_result_round_trips_through_parsl_serialization(runner):
     outcome = only(runner)
     assert outcome.ok and outcome.error_code == ErrorCode.OK
     assert deserialize(outcome.result) == 42
-    assert not outcome.result_is_exception
+    assert not outcome.is_exception
     assert outcome.started_at <= outcome.ended_at
 
 
@@ -129,7 +129,7 @@ def test_python_task_exception_comes_back_as_remote_exception_wrapper_of_the_ori
     runner.submit(python(1, fail_with_value_error, "bad input"))
     outcome = only(runner)
     assert not outcome.ok and outcome.error_code == ErrorCode.PAYLOAD_EXCEPTION
-    assert outcome.result_is_exception
+    assert outcome.is_exception
     assert "ValueError: bad input" in outcome.error_diag
     wrapped = deserialize(outcome.result)
     assert isinstance(wrapped, RemoteExceptionWrapper)
@@ -140,7 +140,7 @@ def test_python_task_exception_comes_back_as_remote_exception_wrapper_of_the_ori
 def test_python_exception_that_cannot_be_serialized_comes_back_described_in_a_runtime_error(runner):
     runner.submit(python(1, fail_with_unpicklable_exception))
     outcome = only(runner)
-    assert outcome.error_code == ErrorCode.PAYLOAD_EXCEPTION and outcome.result_is_exception
+    assert outcome.error_code == ErrorCode.PAYLOAD_EXCEPTION and outcome.is_exception
     with pytest.raises(RuntimeError, match="the task raised ValueError.*could not be serialized"):
         deserialize(outcome.result).reraise()
 
@@ -182,7 +182,7 @@ def test_warm_workers_are_reused_across_tasks(runner):
 def test_unserializable_result_comes_back_as_wrapped_serialization_error(runner):
     runner.submit(python(1, unpicklable_result))
     outcome = only(runner)
-    assert outcome.error_code == ErrorCode.SERIALIZATION_ERROR and outcome.result_is_exception
+    assert outcome.error_code == ErrorCode.SERIALIZATION_ERROR and outcome.is_exception
     assert isinstance(deserialize(outcome.result), RemoteExceptionWrapper)
     assert "generator" in outcome.error_diag
 

@@ -192,7 +192,7 @@ def test_job_detail_has_the_attempt_history_with_errors_and_memory_samples(api, 
     pilot = workload.pilot()
     workload.dispatch(pilot)
     workload.report(job_id, ok=False, error_code=int(ErrorCode.OUT_OF_MEMORY), error_diag="rss above 2000 MB",
-                    samples=[[1.0, 10.5, 9.0], [2.0, 2100.0, 2000.0]])  # fmt: skip
+                    memory_samples=[(1.0, 10.5, 9.0), (2.0, 2100.0, 2000.0)])  # fmt: skip
     workload.dispatch(pilot)
     workload.report(job_id, ok=True)
     job = api.get(f"{PREFIX}/jobs/{job_id}").get_json()
@@ -232,7 +232,7 @@ def logged_twice(workload):
     workload.dispatch(pilot)
     workload.report(job_id, ok=False, error_code=int(ErrorCode.PAYLOAD_NONZERO_EXIT), log=b"first try\n")
     workload.dispatch(pilot)
-    workload.report(job_id, ok=True, log=b"second try \xff\n", tail="second try")
+    workload.report(job_id, ok=True, log=b"second try \xff\n", stdout_tail="second try")
     return job_id
 
 
@@ -255,7 +255,7 @@ def test_the_log_is_json_when_json_is_asked_for(api, logged_twice):
 def test_a_job_without_an_uploaded_log_falls_back_to_its_output_tail(api, workload):
     [job_id] = workload.submit([{"name": "quiet"}])
     workload.dispatch(workload.pilot())
-    workload.report(job_id, ok=True, tail="last lines of stdout")
+    workload.report(job_id, ok=True, stdout_tail="last lines of stdout")
     reply = api.get(f"{PREFIX}/jobs/{job_id}/log")
     assert reply.get_data(as_text=True) == "last lines of stdout"
     assert reply.headers["X-Pandaflow-Log-Source"] == "tail"
@@ -285,7 +285,7 @@ def test_cancelling_tells_the_executor_that_submitted_the_job(api, workload, dis
     api.post(f"{PREFIX}/jobs/cancel", json={"ids": [job_id]})
     [message] = dispatcher.of_kind("notify")
     [result] = message["notify"]["executor-1"]
-    assert (result["uid"], result["status"]) == ("u1", "cancelled")
+    assert (result.uid, result.status) == ("u1", "cancelled")
 
 
 def test_cancelling_an_ended_job_skips_it_with_the_reason(api, workload, dispatcher):

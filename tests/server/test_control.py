@@ -120,7 +120,7 @@ def test_cancelled_jobs_and_their_downstream_are_notified_and_killed(workload, e
     workload.dispatch(pilot)
     changed = act(engine, "cancel", job_ids=[r])
     assert changed.kill == {pilot: [r]}
-    assert [e["status"] for e in changed.notify["exec-1"]] == ["cancelled"]
+    assert [e.status for e in changed.notify["exec-1"]] == ["cancelled"]
 
 
 def test_a_revived_always_job_keeps_nothing_of_its_last_run(workload, engine):

@@ -8,6 +8,7 @@ from support.lookups import job_row
 from support.peers import Peer
 from support.servers import serving
 
+from pandaflow import protocol
 from pandaflow.errorcodes import ErrorCode
 from pandaflow.server import schema as s
 from pandaflow.server import states
@@ -43,20 +44,20 @@ def test_submit_dispatch_result_and_notification_round_trip(server):
     assert ack["batch"] == 7 and ack["rejected"] == {}
     jobs = pilot.recv("jobs")["jobs"]
     assert [j["command"] for j in jobs] == ["echo hi"] and jobs[0]["attempt"] == 1
-    job_id = jobs[0]["id"]
+    job_id = jobs[0]["job_id"]
     assert job_row(server, job_id)["status"] == "dispatched"
     pilot.send(
-        "results",
+        "report",
         outcomes=[
             {
-                "id": job_id,
+                "job_id": job_id,
                 "attempt": 1,
                 "ok": True,
                 "error_code": 0,
-                "tail": "hi\n",
+                "stdout_tail": "hi\n",
                 "log": b"hi\n",
-                "t0": time.time(),
-                "t1": time.time(),
+                "started_at": time.time(),
+                "ended_at": time.time(),
             }
         ],
     )
@@ -78,10 +79,10 @@ def test_a_retryable_failure_is_dispatched_again_with_the_next_attempt_number(se
     pilot.send("request", want={"n": 1})
     job = pilot.recv("jobs")["jobs"][0]
     pilot.send(
-        "results",
+        "report",
         outcomes=[
             {
-                "id": job["id"],
+                "job_id": job["job_id"],
                 "attempt": 1,
                 "ok": False,
                 "exit_code": 1,
@@ -92,12 +93,12 @@ def test_a_retryable_failure_is_dispatched_again_with_the_next_attempt_number(se
         want={"n": 1},
     )
     again = pilot.recv("jobs")["jobs"][0]
-    assert again["id"] == job["id"] and again["attempt"] == 2
+    assert again["job_id"] == job["job_id"] and again["attempt"] == 2
     pilot.send(
-        "results",
+        "report",
         outcomes=[
             {
-                "id": job["id"],
+                "job_id": job["job_id"],
                 "attempt": 2,
                 "ok": False,
                 "exit_code": 1,
@@ -111,7 +112,7 @@ def test_a_retryable_failure_is_dispatched_again_with_the_next_attempt_number(se
     with server.engine.connect() as conn:
         attempts = conn.execute(
             select(s.attempts.c.attempt, s.attempts.c.status)
-            .where(s.attempts.c.job_id == job["id"])
+            .where(s.attempts.c.job_id == job["job_id"])
             .order_by(s.attempts.c.attempt)
         ).all()
     assert attempts == [(1, "failed"), (2, "failed")]
@@ -156,10 +157,10 @@ def test_a_silent_pilot_is_lost_and_its_running_job_retried_with_lost_heartbeat(
     pilot.send("request", want={"n": 1})
     client.send("submit", batch=1, jobs=[{"uid": "lh", "command": "sleep 100"}])
     job = pilot.recv("jobs")["jobs"][0]
-    pilot.send("heartbeat", known=[job["id"]], running={str(job["id"]): time.time()})
-    wait_for_status(server, job["id"], "running")
+    pilot.send("heartbeat", known=[job["job_id"]], running={job["job_id"]: time.time()})
+    wait_for_status(server, job["job_id"], "running")
     pilot.close()  # the pilot dies: no more heartbeats
-    row = wait_for_status(server, job["id"], "ready")
+    row = wait_for_status(server, job["job_id"], "ready")
     assert row["error_code"] == ErrorCode.LOST_HEARTBEAT and row["attempt"] == 1
     assert "retrying" in row["error_diag"]
 
@@ -174,10 +175,10 @@ def test_a_lost_pilot_gives_back_the_attempt_of_a_job_it_never_started(server):
     job = pilot.recv("jobs")["jobs"][0]
     assert job["attempt"] == 1
     pilot.close()  # dies before it could start the job
-    row = wait_for_status(server, job["id"], "ready")
+    row = wait_for_status(server, job["job_id"], "ready")
     assert row["attempt"] == 0 and row["error_code"] == 0 and row["pilot_id"] is None
     with server.engine.connect() as conn:
-        events = [(e["event"], e["reason"]) for e in states.history(conn, job["id"])]
+        events = [(e["event"], e["reason"]) for e in states.history(conn, job["job_id"])]
     assert events == [("dispatch", ""), ("return", "its pilot was lost before starting it")]
 
 
@@ -191,7 +192,7 @@ def test_a_client_that_missed_results_gets_them_by_sync(server):
     client.close()
     pilot.send("request", want={"n": 1})
     job = pilot.recv("jobs")["jobs"][0]
-    pilot.send("results", outcomes=[{"id": job["id"], "attempt": 1, "ok": True, "error_code": 0}])
+    pilot.send("report", outcomes=[{"job_id": job["job_id"], "attempt": 1, "ok": True, "error_code": 0}])
     pilot.recv("acked")
     client = Peer(server.dispatcher.endpoint, "client-6", TOKEN)
     client.send("sync", uids=["s1", "never-submitted"])
@@ -200,12 +201,50 @@ def test_a_client_that_missed_results_gets_them_by_sync(server):
     assert replies["results"]["results"][0]["status"] == "finished"
 
 
-def test_unknown_ops_and_garbage_get_an_error_reply(server):
+GARBAGE = [
+    (b"\xc1 not msgpack", "authentication failed"),  # no token can be read from it
+    (protocol.pack([1, 2, 3]), "authentication failed"),
+    (protocol.pack({"tok": TOKEN}), "missing required field `op`"),
+    (protocol.pack({"tok": TOKEN, "op": "frobnicate"}), "unknown op 'frobnicate'; known: bye, heartbeat"),
+    (protocol.pack({"tok": TOKEN, "op": "register", "queue": 7}), "invalid register message: Expected `str`"),
+    (protocol.pack({"tok": TOKEN, "op": "report", "outcomes": [{"job_id": "x"}]}),
+     "invalid report message: Expected `int`, got `str` - at `$.outcomes[0].job_id`"),
+    (protocol.pack({"tok": TOKEN, "op": "started", "jobs": [[1, 2]]}), "invalid started message"),
+    (protocol.pack({"tok": TOKEN, "op": "submit", "batch": 1, "jobs": "all"}), "Expected `array`"),
+    (protocol.pack({"tok": TOKEN, "op": "heartbeat", "running": {"a": 1.0}}), "invalid heartbeat message"),
+    (protocol.pack({"tok": TOKEN, "op": "request", "want": {"n": 2**63}}), "invalid request message"),
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("frame,error", GARBAGE, ids=range(len(GARBAGE)))
+def test_a_frame_that_is_not_a_valid_message_gets_an_error_reply_and_changes_nothing(
+    server, frame, error, caplog
+):
     peer = Peer(server.dispatcher.endpoint, "odd", TOKEN)
-    peer.send("frobnicate")
-    assert "unknown op" in peer.recv("error")["message"]
-    peer.sock.send(b"\xc1 not msgpack")
-    assert "undecodable" in peer.recv("error")["message"]
+    peer.sock.send(frame)
+    assert error in peer.recv("error")["message"]
+    peer.send("ping")  # the server goes on serving
+    assert peer.recv("pong")["epoch"] == server.dispatcher.epoch
+    with server.engine.connect() as conn:
+        assert conn.execute(select(s.jobs)).first() is None and conn.execute(select(s.pilots)).first() is None
+    if not error.startswith("authentication"):
+        assert any("refused a message from b'odd'" in r.getMessage() for r in caplog.records)
+
+
+def test_a_message_of_several_frames_is_refused(server):
+    peer = Peer(server.dispatcher.endpoint, "multi", TOKEN)
+    peer.sock.send_multipart([protocol.pack({"tok": TOKEN, "op": "ping"}), b"extra"])
+    assert "expected one frame per message, got 2" in peer.recv("error")["message"]
+
+
+def test_a_bad_message_among_good_ones_does_not_undo_them(server):
+    client = Peer(server.dispatcher.endpoint, "client-mixed-batch", TOKEN)
+    client.send("submit", batch=1, jobs=[{"uid": "good", "command": "true"}])
+    bad = {"tok": TOKEN, "op": "submit", "batch": "two", "jobs": [{"uid": "bad", "command": "true"}]}
+    client.sock.send(protocol.pack(bad))
+    assert client.recv("submitted")["accepted"] == 1
+    with server.engine.connect() as conn:
+        assert [r.uid for r in conn.execute(select(s.jobs.c.uid))] == ["good"]
 
 
 @pytest.fixture
@@ -271,17 +310,17 @@ def test_a_pilot_with_a_free_slot_gets_a_job_another_pilot_holds_unstarted(slow_
     client.recv("submitted")
     held = received(a)
     assert len(held) == 3
-    a.send("started", jobs=[[held[0]["id"], 1, time.time()]])
+    a.send("started", jobs=[[held[0]["job_id"], 1, time.time()]])
     time.sleep(0.1)
     b = registered(server, "hoard-b", 1)
     b.send("request", want={"n": 1, "free": 1, "cores": 1})
     asked = a.recv("reclaim", timeout=2.0)["jobs"]
-    assert len(asked) == 1 and asked[0][0] in {j["id"] for j in held[1:]}
+    assert len(asked) == 1 and asked[0][0] in {j["job_id"] for j in held[1:]}
     a.send("returned", jobs=asked, want={"n": 0})
     (moved,) = b.recv("jobs", timeout=2.0)["jobs"]
-    assert (moved["id"], moved["attempt"]) == (asked[0][0], 1)
+    assert (moved["job_id"], moved["attempt"]) == (asked[0][0], 1)
     with server.engine.connect() as conn:
-        events = [e["event"] for e in states.history(conn, moved["id"])]
+        events = [e["event"] for e in states.history(conn, moved["job_id"])]
     assert events == ["dispatch", "return", "dispatch"]
 
 

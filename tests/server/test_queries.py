@@ -94,7 +94,7 @@ def test_an_earlier_attempt_without_a_log_does_not_borrow_the_latest_output(conn
     workload.dispatch(pilot)
     workload.report(job_id, ok=False, error_code=int(ErrorCode.WORKER_DIED))
     workload.dispatch(pilot)
-    workload.report(job_id, ok=True, tail="from attempt two")
+    workload.report(job_id, ok=True, stdout_tail="from attempt two")
     assert queries.get_log(conn, job_id, attempt=1)["source"] == "none"
     assert queries.get_log(conn, job_id)["text"] == "from attempt two"
 

@@ -5,6 +5,7 @@ import time
 import pytest
 from sqlalchemy import select
 
+from pandaflow import protocol
 from pandaflow.errorcodes import ErrorCode
 from pandaflow.server import assignment, completion, pilots, submission
 from pandaflow.server import schema as s
@@ -49,8 +50,8 @@ def attempt_fails(farm, job_id, code, exit_code=None):
         [dispatched] = assignment.assign(conn, pilot_id=pilot, queue=row["queue"], n=1, now=now)
         completion.record(
             conn,
-            [{"id": job_id, "attempt": dispatched["attempt"], "ok": False, "error_code": int(code),
-              "error_diag": "killed", "exit_code": exit_code}],
+            [protocol.Outcome(job_id=job_id, attempt=dispatched.attempt, ok=False, error_code=int(code),
+                              error_diag="killed", exit_code=exit_code)],
             now,
             broker,
         )  # fmt: skip

@@ -226,7 +226,7 @@ def test_effects_name_clients_queues_and_pilots_to_kill(make_job, engine):
         states.apply(conn, "cancel", [row(engine, job_id)], NOW, effects=fx, **GIVEN["cancel"])
     assert fx.kill == {5: [job_id]}
     (entry,) = fx.notify["c1"]
-    assert entry["status"] == "cancelled" and entry["error_code"] == 1400
+    assert entry.status == "cancelled" and entry.error_code == 1400
     ready = make_job("dispatched", started_at=None)
     fx = states.Effects()
     with engine.begin() as conn:

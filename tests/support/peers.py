@@ -25,14 +25,14 @@ class Peer:
         self.token = token
 
     def send(self, op: str, **body: Any) -> None:
-        self.sock.send(protocol.encode({"tok": self.token, "op": op, **body}))
+        self.sock.send(protocol.pack({"tok": self.token, "op": op, **body}))
 
     def recv(self, op: str | None = None, timeout: float = 5.0) -> dict[str, Any]:
         """The next message (of kind ``op``: others are dropped); fail after ``timeout``."""
         deadline = time.time() + timeout
         while time.time() < deadline:
             if self.sock.poll(100):
-                msg = protocol.decode(self.sock.recv())
+                msg = protocol.unpack(self.sock.recv())
                 if op is None or msg["op"] == op:
                     return msg
         raise AssertionError(f"no {op or 'message'} within {timeout} s")

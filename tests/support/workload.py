@@ -8,6 +8,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from pandaflow import protocol
 from pandaflow.server import assignment, completion, pilots, submission
 from pandaflow.server import schema as s
 from pandaflow.server.broker import Broker
@@ -49,15 +50,16 @@ class Workload:
         """Hand ready jobs of ``queue`` to the pilot; returns the ids dispatched."""
         with self.engine.begin() as conn:
             jobs = assignment.assign(conn, pilot_id=pilot_id, queue=queue, n=n, now=time.time())
-        return [j["id"] for j in jobs]
+        return [j.job_id for j in jobs]
 
     def report(self, job_id: int, ok: bool = True, error_code: int = 0, **fields: Any) -> None:
         """Record the outcome of the job's current attempt as a pilot would send it."""
         now = time.time()
         with self.engine.begin() as conn:
             attempt = conn.execute(select(s.jobs.c.attempt).where(s.jobs.c.id == job_id)).scalar_one()
-            outcome = {"id": job_id, "attempt": attempt, "ok": ok, "error_code": error_code, "error_diag": "",
-                       "exit_code": 0 if ok else 1, "t0": now - 2.0, "t1": now, **fields}  # fmt: skip
+            outcome = protocol.Outcome(job_id=job_id, attempt=attempt, ok=ok, error_code=error_code,
+                                       exit_code=0 if ok else 1, started_at=now - 2.0, ended_at=now,
+                                       **fields)  # fmt: skip
             completion.record(conn, [outcome], now)
 
     def status(self, job_id: int) -> str:
