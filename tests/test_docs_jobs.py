@@ -1,6 +1,5 @@
 """docs/jobs.md tells the states and the transitions table as the code has them."""
 
-import re
 from pathlib import Path
 
 from pandaflow.server import states
@@ -20,9 +19,8 @@ def _table(header: str) -> list[list[str]]:
 
 
 def test_the_documented_events_are_the_transitions_table():
-    documented = {
-        row[0].strip("`"): (frozenset(s.strip() for s in row[1].split(",")), row[2]) for row in _table("event")
-    }
+    rows = _table("event")
+    documented = {r[0].strip("`"): (frozenset(s.strip() for s in r[1].split(",")), r[2]) for r in rows}
     assert documented == {event: (t.sources, t.target) for event, t in states.TRANSITIONS.items()}
 
 

@@ -15,9 +15,6 @@ from __future__ import annotations
 
 import logging
 import os
-import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -33,6 +30,7 @@ from parsl.utils import RepresentationMixin
 
 from pandaflow import config as pf_config
 from pandaflow import protocol
+from pandaflow.executors.embedded import Processes
 
 log = logging.getLogger(__name__)
 
@@ -57,12 +55,6 @@ class TaskFailed(Exception):
 
 class SubmissionRefused(TaskFailed):
     """The server refused the task at submission (e.g. no queue can hold it)."""
-
-
-def _free_port(host: str = "127.0.0.1") -> int:
-    with socket.socket() as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
 
 
 def _check_spec(spec: dict[str, Any]) -> dict[str, Any]:
@@ -125,6 +117,9 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
     max_attempts: attempts a task gets when infrastructure fails it (lost pilot, killed worker).
     db_url: database of the embedded server (default: SQLite under the run directory).
     heartbeat_interval: seconds between pilot heartbeats (embedded server).
+    memory_escalation: a task killed for exceeding its memory is retried asking more (its queue's
+        ``memory_multiplier``, capped); ``False`` keeps every task's request (a task's own
+        ``resource_specification={"memory_multiplier": ...}`` still wins).
     """
 
     def __init__(
@@ -142,6 +137,7 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
         heartbeat_interval: float = 2.0,
         storage_access: list[Any] | None = None,
         working_dir: str | None = None,
+        memory_escalation: bool = True,
     ):
         super().__init__()
         self.label = label
@@ -157,6 +153,7 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
         self.heartbeat_interval = heartbeat_interval
         self.storage_access = storage_access
         self.working_dir = working_dir
+        self.memory_escalation = memory_escalation
         self.client_id = uuid.uuid4().hex
         self._counter = 0
         self._lock = threading.Lock()
@@ -168,8 +165,7 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
         self._epoch: str | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._procs: dict[str, subprocess.Popen] = {}
-        self._blocks: list[Any] = []
+        self._local: Processes | None = None
         self.zmq_endpoint: str | None = None
         self._started = False
 
@@ -178,8 +174,17 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
         self._home = os.path.join(self.run_dir, self.label)
         os.makedirs(self._home, exist_ok=True)
         self._embedded = self.server_url is None
+        self._local = Processes(self._home, self.label, self.client_id)
+        self._local.queue, self._local.workers = self.queue or "local", self.workers
         if self._embedded:
-            self._start_embedded()
+            if self.queue and self.queue != "local":
+                raise ValueError(
+                    "the embedded server has one queue, 'local'; give server_url= to use other queues"
+                )
+            self.server_url, self.zmq_endpoint, self.db_url = self._local.start_server(
+                self.db_url, self.heartbeat_interval
+            )
+            self.token = self._local.token
         else:
             self.token = pf_config.load_token(self.token)
             if not self.token:
@@ -187,6 +192,7 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
             from pandaflow.client import discover
 
             self.zmq_endpoint = discover(self.server_url, self.token)
+            self._local.token, self._local.zmq_endpoint = self.token, self.zmq_endpoint
         self.workflow = self.workflow or f"parsl {self.run_id or self.client_id[:8]}"
         self._ctx = zmq.Context.instance()
         self._owner = os.environ.get("USER", "")
@@ -204,87 +210,11 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
         self._thread = threading.Thread(target=self._io_loop, name=f"pandaflow-{self.label}", daemon=True)
         self._thread.start()
         if self.provider is not None:
-            self._start_provider_pilots()
+            self._local.start_provider_pilots(self.provider, self.server_url)
         elif self._embedded:
             for i in range(self.pilots):
-                self._start_local_pilot(f"pilot{i}")
+                self._local.start_local_pilot(f"pilot{i}")
         self._started = True
-
-    def _start_embedded(self) -> None:
-        self.token = pf_config.new_token()
-        port, zport = _free_port(), _free_port()
-        self.server_url = f"http://127.0.0.1:{port}"
-        self.zmq_endpoint = f"tcp://127.0.0.1:{zport}"
-        db = self.db_url or pf_config_sqlite(os.path.join(self._home, "pandaflow.db"))
-        self.db_url = db
-        self._server_cmd = [
-            sys.executable,
-            "-m",
-            "pandaflow.server",
-            "--db",
-            db,
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--zmq-port",
-            str(zport),
-            "--heartbeat-interval",
-            str(self.heartbeat_interval),
-            "--exit-with",
-            str(os.getpid()),
-            "--info-file",
-            os.path.join(self._home, "server.json"),
-        ]
-        if self.queue and self.queue != "local":
-            raise ValueError(
-                "the embedded server has one queue, 'local'; give server_url= to use other queues"
-            )
-        self._spawn("server", self._server_cmd)
-
-    def _spawn(self, name: str, cmd: list[str]) -> None:
-        env = dict(os.environ, PANDAFLOW_TOKEN=self.token or "")
-        logf = open(os.path.join(self._home, f"{name}.log"), "ab")
-        self._procs[name] = subprocess.Popen(
-            cmd,
-            env=env,
-            stdout=logf,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        logf.close()
-        self._cmds = getattr(self, "_cmds", {})
-        self._cmds[name] = cmd
-
-    def _pilot_cmd(self, name: str | None = None) -> list[str]:
-        cmd = [
-            sys.executable,
-            "-m",
-            "pandaflow.pilot",
-            "--zmq",
-            self.zmq_endpoint or "",
-            "--queue",
-            self.queue or "local",
-            "--cores",
-            str(self.workers),
-        ]
-        if name:
-            cmd += ["--name", f"{self.client_id[:8]}-{name}-{uuid.uuid4().hex[:6]}"]
-        return cmd
-
-    def _start_local_pilot(self, name: str) -> None:
-        self._spawn(name, [*self._pilot_cmd(name), "--exit-with", str(os.getpid())])
-
-    def _start_provider_pilots(self) -> None:
-        token_file = os.path.join(self._home, "token")
-        pf_config.write_private(__import__("pathlib").Path(token_file), self.token or "")
-        cmd = " ".join(self._pilot_cmd()) + f" --token-file {token_file}"
-        if self.server_url and self.provider.__class__.__name__ != "LocalProvider":
-            cmd += f" --server {self.server_url}"
-        self.provider.script_dir = self._home
-        for _ in range(max(1, getattr(self.provider, "init_blocks", 1))):
-            self._blocks.append(self.provider.submit(cmd, 1, f"pandaflow-pilot-{self.label}"))
 
     def shutdown(self) -> None:
         self._stop.set()
@@ -292,33 +222,12 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
             self._wake()
             self._thread.join(10)
             self._tx.close(0)
-        for name, proc in list(self._procs.items()):
-            if name != "server" and proc.poll() is None:
-                proc.terminate()
-        for name, proc in list(self._procs.items()):
-            if name != "server":
-                self._wait(proc)
-        if self._blocks:
-            try:
-                self.provider.cancel(self._blocks)
-            except Exception:
-                log.exception("cancelling pilot blocks failed")
-        server = self._procs.get("server")
-        if server is not None and server.poll() is None:
-            server.terminate()
-            self._wait(server)
+        if self._local is not None:
+            self._local.stop()
         for fut in list(self._futures.values()):
             if not fut.done():
                 fut.set_exception(TaskFailed("?", "lost", 0, "executor shut down before the task finished"))
         super().shutdown()
-
-    @staticmethod
-    def _wait(proc: subprocess.Popen, timeout: float = 10.0) -> None:
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
 
     # ---------------------------------------------------------------- submission
     def submit(self, func: Any, resource_specification: dict[str, Any], *args: Any, **kwargs: Any) -> Future:
@@ -336,6 +245,8 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
             name=f"{getattr(func, '__name__', 'task')}-{task_id}",
         )
         job.setdefault("max_attempts", self.max_attempts)
+        if not self.memory_escalation:
+            job.setdefault("memory_multiplier", 1.0)
         if self.queue and "queue" not in job:
             job["queue"] = self.queue
         fut: Future = Future()
@@ -529,14 +440,5 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
     def _supervise(self) -> None:
         """Restart embedded processes that died while the executor runs (nothing is lost:
         the database holds every task and the watchdog retries a dead pilot's jobs)."""
-        for name, proc in list(self._procs.items()):
-            if proc.poll() is not None and not self._stop.is_set():
-                log.warning("embedded %s exited with %s; restarting it", name, proc.returncode)
-                cmd = self._cmds[name]
-                if name != "server":
-                    cmd = [*self._pilot_cmd(name), "--exit-with", str(os.getpid())]
-                self._spawn(name, cmd)
-
-
-def pf_config_sqlite(path: str) -> str:
-    return f"sqlite:///{os.path.abspath(path)}"
+        if self._local is not None and not self._stop.is_set():
+            self._local.supervise()

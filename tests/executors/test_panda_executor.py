@@ -104,13 +104,13 @@ def test_a_task_no_queue_can_hold_fails_with_submission_refused_saying_why(start
 def test_pilots_can_be_launched_through_a_parsl_provider(embedded, recorded):
     executor = embedded(provider=LocalProvider(init_blocks=1))
     assert [add(i, i).result(timeout=RESULT_TIMEOUT) for i in range(5)] == [0, 2, 4, 6, 8]
-    assert list(executor._procs) == ["server"]  # no local pilot: the provider's pilot ran the tasks
+    assert list(executor._local.procs) == ["server"]  # no local pilot: the provider's pilot ran the tasks
     with recorded(executor).connect() as conn:
         assert conn.execute(select(s.pilots.c.status)).scalars().all() == ["active"]
 
 
 def provider_pilots_ended(executor):
-    return all(status.terminal for status in executor.provider.status(executor._blocks))
+    return all(status.terminal for status in executor.provider.status(executor._local.blocks))
 
 
 def test_a_provider_pilot_uses_the_executors_token_whatever_the_environment_says(embedded, monkeypatch):
@@ -153,3 +153,46 @@ def test_every_task_is_recorded_durably_as_a_finished_job(embedded, recorded):
     jobs = jobs_of(recorded(executor), executor.client_id)
     assert len(jobs) == 25
     assert {j.status for j in jobs} == {"finished"}
+
+
+# ---------------------------------------------------------------- out-of-memory escalation
+
+
+@python_app
+def hungry(megabytes, parsl_resource_specification=None):
+    """Holds ``megabytes`` of memory for three seconds (long enough for the pilot's samples)."""
+    import time
+
+    block = bytearray(megabytes << 20)
+    for i in range(0, len(block), 4096):
+        block[i] = 1
+    time.sleep(3)
+    return len(block) >> 20
+
+
+def attempt_memory(engine, client_id):
+    (job,) = jobs_of(engine, client_id)
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(s.attempts.c.memory_mb, s.attempts.c.error_code)
+            .where(s.attempts.c.job_id == job.id)
+            .order_by(s.attempts.c.attempt)
+        ).all()
+    return [tuple(r) for r in rows]
+
+
+@pytest.mark.slow
+def test_a_task_killed_for_its_memory_is_retried_asking_more(embedded, recorded):
+    executor = embedded()
+    spec = {"memory": 200, "max_attempts": 3}
+    assert hungry(260, parsl_resource_specification=spec).result(timeout=RESULT_TIMEOUT) == 260
+    assert attempt_memory(recorded(executor), executor.client_id) == [(200, 1101), (400, 0)]
+
+
+@pytest.mark.slow
+def test_memory_escalation_can_be_turned_off_for_an_executor(embedded, recorded):
+    executor = embedded(memory_escalation=False)
+    future = hungry(260, parsl_resource_specification={"memory": 200, "max_attempts": 2})
+    with pytest.raises(Exception, match="1101"):
+        future.result(timeout=RESULT_TIMEOUT)
+    assert attempt_memory(recorded(executor), executor.client_id) == [(200, 1101), (200, 1101)]

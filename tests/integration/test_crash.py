@@ -145,12 +145,12 @@ def test_an_embedded_executor_restarts_its_killed_server_and_loses_nothing(load_
     executor = embedded_executor(load_parsl)
     futures = [triple(i, 0.1) for i in range(60)]
     wait_until(lambda: sum(f.done() for f in futures) >= 10, what="10 tasks to finish")
-    first = executor._procs["server"]
+    first = executor._local.procs["server"]
     first.kill()
     assert not all(f.done() for f in futures), "the workflow ended before the crash; make tasks longer"
     assert [f.result(timeout=RESULT_TIMEOUT) for f in futures] == [3 * i for i in range(60)]
-    assert executor._procs["server"].pid != first.pid
-    assert executor._procs["server"].poll() is None
+    assert executor._local.procs["server"].pid != first.pid
+    assert executor._local.procs["server"].poll() is None
     engine = make_engine(executor.db_url, pool_size=1)
     try:
         assert_each_task_finished_once(engine, executor.client_id, 60)
@@ -162,11 +162,11 @@ def test_an_embedded_executor_restarts_its_killed_pilot_and_loses_nothing(load_p
     executor = embedded_executor(load_parsl)
     futures = [triple(i, 0.1) for i in range(60)]
     wait_until(lambda: sum(f.done() for f in futures) >= 10, what="10 tasks to finish")
-    first = executor._procs["pilot0"]
+    first = executor._local.procs["pilot0"]
     first.kill()
     assert not all(f.done() for f in futures), "the workflow ended before the crash; make tasks longer"
     assert [f.result(timeout=RESULT_TIMEOUT) for f in futures] == [3 * i for i in range(60)]
-    assert executor._procs["pilot0"].pid != first.pid
+    assert executor._local.procs["pilot0"].pid != first.pid
     engine = make_engine(executor.db_url, pool_size=1)
     try:
         assert_each_task_finished_once(engine, executor.client_id, 60)
