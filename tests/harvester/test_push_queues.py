@@ -115,7 +115,7 @@ def test_the_workers_pilot_takes_exactly_its_reserved_jobs(engine, tmp_path, fak
     with engine.begin() as conn:
         taken = push.take(conn, pilot_id=pilot, n=10, now=time.time())
     assert [j.job_id for j in taken] == ids[2:4]
-    assert taken[0]["command"] == "true" and taken[0]["attempt"] == 1
+    assert taken[0].command == "true" and taken[0].attempt == 1
     rows = jobs_by_id(engine)
     assert [(rows[i]["status"], rows[i]["pilot_id"], rows[i]["worker_id"]) for i in ids[2:4]] == [
         ("dispatched", pilot, second)
