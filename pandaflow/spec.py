@@ -132,7 +132,12 @@ Always = Annotated[
         "whenRun ALWAYS)"
     ),
 ]
-Share = Annotated[float, Meta(gt=0, extra={"expected": "a positive number (a share)"})]
+# Shares are weights: bounded so that normalising them can neither overflow nor round one to zero.
+SHARE_MIN, SHARE_MAX = 1e-6, 1e6
+Share = Annotated[
+    float,
+    Meta(ge=SHARE_MIN, le=SHARE_MAX, extra={"expected": "a share (a number from 0.000001 to 1000000)"}),
+]
 SiteName = Annotated[str, Meta(min_length=1, max_length=128, extra={"expected": "the name of a site"})]
 
 
@@ -240,28 +245,18 @@ class SubmitRequest(Struct, kw_only=True, forbid_unknown_fields=True):
     )
 
 
-def _present(field: str) -> dict[str, Any]:
-    return {"required": [field], "properties": {field: {"type": "string"}}}
-
-
-def _kind(kind: str) -> dict[str, Any]:
-    return {"required": ["kind"], "properties": {"kind": {"const": kind}}}
+def _runs(kind: str, needs: str) -> dict[str, Any]:
+    return {"required": [needs], "properties": {needs: {"type": "string"}, "kind": {"enum": [kind, None]}}}
 
 
 #: What the structs' types cannot say, for the OpenAPI document (the same rules as :func:`job_kind`
-#: and :func:`pandaflow.server.sites.parse`), merged into each struct's schema.
+#: and :func:`pandaflow.server.sites.parse`), merged into each struct's schema. Written as flat
+#: alternatives (no if/then/not) that say the same: schema-driven generators handle them fast.
 SCHEMA_RULES: dict[str, dict[str, Any]] = {
-    "Job": {
-        "allOf": [
-            {"if": _kind("python"), "then": _present("buffer")},
-            {"if": _kind("shell"), "then": _present("command")},
-            {
-                "if": {"not": _present("kind")},
-                "then": {"anyOf": [_present("command"), _present("buffer")]},
-            },
-        ],
-    },
-    "SubmitRequest": {"not": {"required": ["site", "sites"]}},
+    # python (given, or implied without 'command') needs 'buffer'; shell (given, or implied) 'command'
+    "Job": {"anyOf": [_runs("python", "buffer"), _runs("shell", "command")]},
+    # not both 'site' and 'sites'
+    "SubmitRequest": {"anyOf": [{"properties": {"site": False}}, {"properties": {"sites": False}}]},
 }
 
 

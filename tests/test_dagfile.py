@@ -295,8 +295,8 @@ def test_a_dag_may_be_pinned_to_one_site(tmp_path):
             "sites: expected a mapping of site names to shares (e.g. FrDF: 0.5), got a list",
         ),
         ({"sites": {}}, "sites: expected a mapping of site names to shares"),
-        ({"sites": {"FrDF": 0}}, "sites.FrDF: expected a positive number (a share), got 0"),
-        ({"sites": {"FrDF": "half"}}, "sites.FrDF: expected a positive number (a share), got 'half'"),
+        ({"sites": {"FrDF": 0}}, "sites.FrDF: expected a share (a number from 0.000001 to 1000000), got 0"),
+        ({"sites": {"FrDF": "half"}}, "sites.FrDF: expected a share (a number from 0.000001 to 1000000)"),
         ({"site": ""}, "site: expected the name of a site, got ''"),
     ],
 )

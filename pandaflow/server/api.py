@@ -155,6 +155,9 @@ def _query(kind: type[Struct] = apischema.Empty) -> dict[str, Any]:
     unknown = sorted(k for k in args if k not in allowed)
     if unknown:
         raise ApiError(400, f"unknown query parameter(s) {unknown}; allowed: {sorted(allowed)}")
+    repeated = sorted(k for k in args if len(args.getlist(k)) > 1)
+    if repeated:
+        raise ApiError(400, f"query parameter(s) {repeated} given more than once; give each once")
     given = {k: args[k] for k in args}
     try:
         return spec.present(msgspec.convert(given, kind, strict=False))

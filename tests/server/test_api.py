@@ -217,7 +217,15 @@ def test_a_misspelt_query_parameter_is_refused_rather_than_ignored(api):
     assert "['stauts']" in reply.get_json()["error"]
 
 
-@pytest.mark.parametrize("query", ["limit=0", "limit=1001", "limit=ten", "offset=-1", "workflow_id=x"])
+def test_a_query_parameter_given_twice_is_refused_rather_than_half_read(api):
+    reply = api.get(f"{PREFIX}/jobs?limit=5&limit=x")
+    assert reply.status_code == 400
+    assert reply.get_json()["error"] == "query parameter(s) ['limit'] given more than once; give each once"
+
+
+@pytest.mark.parametrize(
+    "query", ["limit=0", "limit=1001", "limit=ten", "offset=-1", "workflow_id=x", "limit=", "status="]
+)
 def test_bad_paging_or_id_values_are_a_400(api, query):
     reply = api.get(f"{PREFIX}/jobs?{query}")
     assert reply.status_code == 400
