@@ -318,6 +318,7 @@ def decode_submission[R: (SubmitRequest, AppendRequest)](raw: bytes, kind: type[
     with each of its bad fields, when :func:`pandaflow.server.submission.validate` refuses the
     batch); any other problem raises :class:`BodyError`.
     """
+    refuse_nul(raw)
     try:
         return msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError:
@@ -340,6 +341,7 @@ def decode_submission[R: (SubmitRequest, AppendRequest)](raw: bytes, kind: type[
 
 def decode[T](raw: bytes, kind: type[T], root: str = "the request body") -> T:
     """A JSON body decoded into ``kind``; raises :class:`BodyError` saying what was wrong."""
+    refuse_nul(raw)
     try:
         return msgspec.json.decode(raw, type=kind)
     except msgspec.ValidationError as exc:  # a subclass of DecodeError
@@ -348,8 +350,49 @@ def decode[T](raw: bytes, kind: type[T], root: str = "the request body") -> T:
         raise BodyError(_not_json(exc)) from None
 
 
+NUL_REFUSED = "text may not contain NUL characters (\\u0000): the database cannot store them"
+
+
+def refuse_nul(raw: bytes) -> None:
+    """Refuse a JSON body with a NUL character in a string (PostgreSQL text cannot hold one): one
+    scan of the raw bytes; the document is walked only when it may have one, to name the field."""
+    if b"\\u0000" not in raw:
+        return
+    try:
+        doc = msgspec.json.decode(raw)
+    except msgspec.DecodeError:
+        return  # the decode that follows says why
+    where = _nul_at(doc, "")
+    if where is not None:
+        raise BodyError(f"{where or 'the request body'}: {NUL_REFUSED}")
+
+
+def _nul_at(value: Any, path: str) -> str | None:
+    if isinstance(value, str):
+        return path if "\x00" in value else None
+    if isinstance(value, list):
+        items: Any = ((f"{path}[{i}]", item) for i, item in enumerate(value))
+    elif isinstance(value, dict):
+        items = ((_key_path(path, key), (key, item)) for key, item in value.items())
+    else:
+        return None
+    for where, item in items:
+        for part in item if isinstance(value, dict) else (item,):
+            found = _nul_at(part, where)
+            if found is not None:
+                return found
+    return None
+
+
+def _key_path(path: str, key: Any) -> str:
+    if isinstance(key, str) and re.fullmatch(r"[\w-]+", key):
+        return f"{path}.{key}" if path else key
+    return f"{path}[{key!r}]"
+
+
 def _not_json(exc: msgspec.DecodeError) -> str:
     detail = str(exc).removeprefix("JSON is malformed: ")
+    detail = detail[:1].lower() + detail[1:]
     return f"the request body is not valid JSON ({detail}); send a JSON object"
 
 
@@ -624,8 +667,7 @@ def explain(
         base, _ = _unwrap(tp)
         if part == "...":
             key, value, tp = _bad_entry(value if isinstance(value, dict) else {}, base)
-            plain = isinstance(key, str) and re.fullmatch(r"[\w-]+", key)
-            label = f"{label}.{key}" if plain else f"{label}[{key!r}]"
+            label = _key_path(label, key)
         elif isinstance(part, int):
             (tp,) = get_args(base) or (Any,)
             value = value[part] if isinstance(value, list) and part < len(value) else _MISSING

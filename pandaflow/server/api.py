@@ -159,6 +159,9 @@ def _query(kind: type[Struct] = apischema.Empty) -> dict[str, Any]:
     if repeated:
         raise ApiError(400, f"query parameter(s) {repeated} given more than once; give each once")
     given = {k: args[k] for k in args}
+    nul = sorted(k for k, v in given.items() if "\x00" in v or "\x00" in k)
+    if nul:
+        raise ApiError(400, f"query parameter(s) {nul}: {spec.NUL_REFUSED}")
     try:
         return spec.present(msgspec.convert(given, kind, strict=False))
     except msgspec.ValidationError as exc:

@@ -208,7 +208,8 @@ def _document() -> dict[str, Any]:
             "version": "0.1.0",
             "description": "REST API of the pandaflow job server: submit workflows of jobs, follow them, "
             "cancel and retry them. Times are ISO-8601 UTC strings; durations are seconds. Every error is "
-            "a JSON object with an 'error' message.",
+            "a JSON object with an 'error' message. Text (bodies and query parameters) may not contain "
+            "NUL characters (\\u0000), which the database cannot store.",
         },
         "servers": [{"url": "/api/v1"}],
         "security": [{"bearerAuth": []}],
