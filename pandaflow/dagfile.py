@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pandaflow import clustering, spec
+from pandaflow.problems import check_value, describe, field_problems, field_type, show
 from pandaflow.server import dag
 
 #: Keys of a task's defaults (:class:`pandaflow.spec.JobDefaults`); every one may be overridden per job.
@@ -167,7 +168,7 @@ class _Checker:
 
     def spec(self, key: str, value: Any, tp: Any) -> bool:
         """Check ``value`` against a type of :mod:`pandaflow.spec`; False when refused."""
-        why = spec.check_value(value, tp, key)
+        why = check_value(value, tp, key)
         if why:
             self.problems.append(f"{self.where}: {why}")
         return why is None
@@ -176,10 +177,10 @@ class _Checker:
         """Task defaults or job fields checked by :mod:`pandaflow.spec` (``null`` refused: in a DAG
         file it is a key left without its value); None when any is refused."""
         values = {k: _env(v) if k == "env" else v for k, v in values.items()}
-        found = spec.problems({k: v for k, v in values.items() if v is not None}, struct, key)
+        found = field_problems({k: v for k, v in values.items() if v is not None}, struct, key)
         for k, v in values.items():
             if v is None:
-                wanted = spec.describe(spec.field_type(struct, k, nullable=False))
+                wanted = describe(field_type(struct, k, nullable=False))
                 found.append(f"{key}.{k}: expected {wanted}, got nothing (null)")
         self.problems.extend(f"{self.where}: {p}" for p in found)
         return None if found else values
@@ -194,7 +195,7 @@ def _env(value: Any) -> Any:
     }
 
 
-_show = spec.show
+_show = show
 
 
 def _unknown(check: _Checker, key: str, given: dict, allowed: tuple[str, ...]) -> bool:
@@ -210,7 +211,7 @@ def _sites(check: _Checker, doc: dict) -> tuple[dict[str, float] | None, str | N
         check.bad("site", "give 'sites' (shares over several sites) or 'site' (pin to one), not both")
         return None, None
     for key in ("sites", "site"):
-        if key in doc and check.spec(key, doc[key], spec.field_type(spec.SubmitRequest, key)):
+        if key in doc and check.spec(key, doc[key], field_type(spec.SubmitRequest, key)):
             return (doc[key], None) if key == "sites" else (None, doc[key])
     return None, None
 
@@ -380,10 +381,10 @@ def parse(doc: Any, where: str = "<dag>") -> DagFile:
     _unknown(check, "", doc, TOP_KEYS)
     name = check.name("name", doc.get("name"))
     owner = doc.get("owner")
-    if owner is not None and not check.spec("owner", owner, spec.field_type(spec.SubmitRequest, "owner")):
+    if owner is not None and not check.spec("owner", owner, field_type(spec.SubmitRequest, "owner")):
         owner = None
     available = doc.get("available", [])
-    if not check.spec("available", available, spec.field_type(spec.SubmitRequest, "available")):
+    if not check.spec("available", available, field_type(spec.SubmitRequest, "available")):
         available = []
     sites, site = _sites(check, doc)
     tasks = _tasks(check, doc.get("tasks"))

@@ -11,9 +11,8 @@ about a field:
   (ZeroMQ, msgpack) goes through :func:`job_from`.
 * :class:`ResourceSpecification`, a parsl ``resource_specification``, with its mapping onto
   job fields (:func:`resource_fields`).
-* :func:`explain` turns msgspec's ``ValidationError`` into the project's message: the field
-  path, what was expected and what was given
-  (``jobs[3].cores: expected an integer of at least 1, got 2.5``).
+* every refusal says the field path, what was expected and what was given
+  (``jobs[3].cores: expected an integer of at least 1, got 2.5``; :mod:`pandaflow.problems`).
 
 What a field-by-field type cannot say (a python job needs a ``buffer``) is checked by
 :func:`job_kind` and stated for the OpenAPI document in :data:`SCHEMA_RULES`, side by side.
@@ -23,12 +22,13 @@ Over JSON the ``buffer`` of a python job is base64 text; over msgpack it is raw 
 from __future__ import annotations
 
 import re
-import types
-from collections.abc import Iterator, Mapping
-from typing import Annotated, Any, Literal, NamedTuple, Union, get_args, get_origin
+from collections.abc import Mapping
+from typing import Annotated, Any, Literal, NamedTuple
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
+
+from pandaflow.problems import explain, field_problems, key_path
 
 INT_MIN, INT_MAX = -(2**31), 2**31 - 1  # the database's integer columns are 32-bit
 MAX_ATTEMPTS_DEFAULT = 3
@@ -196,6 +196,8 @@ class Job(JobDefaults, kw_only=True, forbid_unknown_fields=True, gc=False):
     outputs: Outputs | None = None
     parents: Parents | None = None
 
+    _renamed = {"buffer_b64": "'buffer' (the same base64 text)"}  # for explain(): names it had before
+
 
 Jobs = Annotated[list[Job], Meta(min_length=1, extra={"expected": "a non-empty list of job objects"})]
 Available = Annotated[
@@ -288,11 +290,12 @@ class BodyError(SpecError):
 
 
 def job_from(value: Any, where: str = "jobs[0]") -> Job:
-    """One job from a plain dict (e.g. msgpack-decoded), validated; raises :class:`SpecError`."""
-    try:
-        return msgspec.convert(value, Job)
-    except msgspec.ValidationError as exc:
-        raise SpecError(explain(exc, value, Job, where)) from None
+    """One job from a plain dict (e.g. msgpack-decoded), validated; raises :class:`SpecError`
+    naming each bad field (``where`` is the job's path in its request)."""
+    job = _job_or_invalid(value, where)
+    if isinstance(job, Invalid):
+        raise SpecError(job.problem)
+    return job
 
 
 def _label(value: Any) -> str:
@@ -308,7 +311,7 @@ def _job_or_invalid(value: Any, where: str) -> Job | Invalid:
         return msgspec.convert(value, Job)
     except msgspec.ValidationError:
         suffix = _label(value)
-        return Invalid("; ".join(p + suffix for p in problems(value, Job, where)))
+        return Invalid("; ".join(p + suffix for p in field_problems(value, Job, where)))
 
 
 def decode_submission[R: (SubmitRequest, AppendRequest)](raw: bytes, kind: type[R]) -> R:
@@ -373,7 +376,7 @@ def _nul_at(value: Any, path: str) -> str | None:
     if isinstance(value, list):
         items: Any = ((f"{path}[{i}]", item) for i, item in enumerate(value))
     elif isinstance(value, dict):
-        items = ((_key_path(path, key), (key, item)) for key, item in value.items())
+        items = ((key_path(path, key), (key, item)) for key, item in value.items())
     else:
         return None
     for where, item in items:
@@ -382,12 +385,6 @@ def _nul_at(value: Any, path: str) -> str | None:
             if found is not None:
                 return found
     return None
-
-
-def _key_path(path: str, key: Any) -> str:
-    if isinstance(key, str) and re.fullmatch(r"[\w-]+", key):
-        return f"{path}.{key}" if path else key
-    return f"{path}[{key!r}]"
 
 
 def _not_json(exc: msgspec.DecodeError) -> str:
@@ -457,9 +454,9 @@ def resource_fields(spec: Mapping[str, Any]) -> dict[str, Any]:
     try:
         resources = msgspec.convert(dict(spec), ResourceSpecification)
     except msgspec.ValidationError as exc:
-        key = _path(str(exc))[1:2]
+        found = re.search(r"`\$\.(\w+)", str(exc))  # msgspec's "... - at `$.cores`"
         raise ResourceError(
-            set(key) or set(spec),
+            {found[1]} if found else set(spec),
             explain(exc, dict(spec), ResourceSpecification, root="the resource_specification"),
         ) from None
     job: dict[str, Any] = {}
@@ -468,256 +465,3 @@ def resource_fields(spec: Mapping[str, Any]) -> dict[str, Any]:
         if value is not UNSET:
             job[field] = value * factor if factor is not None else value
     return job
-
-
-# ---------------------------------------------------------------- messages
-
-
-def show(value: Any) -> str:
-    """A value as a message shows it: short, and in the words of JSON/YAML (true, null)."""
-    if value is _MISSING:
-        return "nothing"
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    if isinstance(value, str):
-        return repr(value) if len(value) <= 60 else repr(value[:60]) + "..."
-    if isinstance(value, bytes | bytearray):
-        return f"{len(value)} bytes"
-    if isinstance(value, dict):
-        return "a mapping" if value else "an empty mapping"
-    if isinstance(value, list | tuple):
-        return "a list" if value else "an empty list"
-    return type(value).__name__
-
-
-_MISSING = object()
-_MESSAGE = re.compile(r"(?P<what>.*?)(?: - at (?P<key>`key` in )?`\$(?P<path>.*)`)?", re.S)
-_PART = re.compile(r"\.([^.\[]+)|\[(\d+|\.\.\.)\]")
-_NONE_TYPES = (type(None), UnsetType)
-
-
-def _path(message: str) -> list[str | int]:
-    """``["$", "jobs", 3, "cores"]`` from msgspec's ``... - at `$.jobs[3].cores```."""
-    found = _MESSAGE.fullmatch(message)
-    parts: list[str | int] = ["$"]
-    for name, index in _PART.findall((found and found["path"]) or ""):
-        parts.append(name if name else (index if index == "..." else int(index)))
-    if found and found["key"]:
-        parts.append("...")  # a key of the mapping at the path
-    return parts
-
-
-def _unwrap(tp: Any) -> tuple[Any, list[Meta]]:
-    """A type without its Annotated layers and None/UNSET alternatives, and its Meta constraints."""
-    metas: list[Meta] = []
-    while True:
-        origin = get_origin(tp)
-        if origin is Annotated:
-            tp, *extras = get_args(tp)
-            metas.extend(m for m in extras if isinstance(m, Meta))
-        elif origin is Union or origin is types.UnionType:
-            rest = [t for t in get_args(tp) if t not in _NONE_TYPES]
-            if len(rest) != 1:
-                return tp, metas
-            tp = rest[0]
-        else:
-            return tp, metas
-
-
-def _fields(tp: Any) -> dict[str, Any]:
-    return {f.encode_name: f.type for f in msgspec.structs.fields(tp)}
-
-
-def field_type(struct: type[Struct], name: str, *, nullable: bool = True) -> Any:
-    """The type of a field of ``struct``; without its ``None`` alternative unless ``nullable``."""
-    tp = _fields(struct)[name]
-    if nullable:
-        return tp
-    base = tp
-    while get_origin(base) is Annotated:
-        base = get_args(base)[0]
-    if get_origin(base) is Union or get_origin(base) is types.UnionType:
-        rest = [t for t in get_args(base) if t not in _NONE_TYPES]
-        if len(rest) == 1:
-            return rest[0]
-    return tp
-
-
-def check_value(value: Any, tp: Any, where: str) -> str | None:
-    """Why ``value`` does not fit the type ``tp`` (a message naming ``where``), or None."""
-    try:
-        msgspec.convert(value, tp)
-    except msgspec.ValidationError as exc:
-        return explain(exc, value, tp, where)
-    return None
-
-
-def _bad_entry(mapping: dict, tp: Any) -> tuple[Any, Any, Any]:
-    """(key, value, type) of the first entry of ``mapping`` that does not fit ``dict[K, V]``."""
-    key_type, value_type = get_args(tp) or (str, Any)
-    for key, value in mapping.items():
-        for item, item_type in ((key, key_type), (value, value_type)):
-            try:
-                msgspec.convert(item, item_type)
-            except msgspec.ValidationError:
-                return key, item, item_type
-    return "...", _MISSING, value_type
-
-
-def _number(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() and abs(x) < 2**53 else f"{x:g}"
-
-
-def _bound(kind: str, metas: list[Meta], value: Any, default: tuple[float, float] | None) -> str:
-    low = next((m.ge for m in metas if m.ge is not None), None)
-    high = next((m.le for m in metas if m.le is not None), None)
-    above = next((m.gt for m in metas if m.gt is not None), None)
-    number = isinstance(value, int | float) and not isinstance(value, bool)
-    # The 32-bit limits of the columns are only worth saying when the value passes one.
-    if default and high == default[1] and not (number and value > high):
-        high = None
-    if default and low == default[0] and not (number and value < low):
-        low = None
-    if above == 0 and low is None and high is None:
-        return f"a positive {kind}"
-    if low == 0 and high is None:
-        return f"a non-negative {kind}"
-    if low is not None and high is not None:
-        return f"{_article(kind)} {kind} from {_number(low)} to {_number(high)}"
-    if low is not None:
-        return f"{_article(kind)} {kind} of at least {_number(low)}"
-    if above is not None:
-        return f"{_article(kind)} {kind} above {_number(above)}"
-    if high is not None:
-        return f"{_article(kind)} {kind} of at most {_number(high)}"
-    return f"{_article(kind)} {kind}"
-
-
-def _article(word: str) -> str:
-    return "an" if word[0] in "aeiou" else "a"
-
-
-def describe(tp: Any, value: Any = _MISSING) -> str:
-    """What a value of type ``tp`` must be, in words (``an integer of at least 1``)."""
-    base, metas = _unwrap(tp)
-    for meta in metas:
-        if meta.extra and "expected" in meta.extra:
-            return meta.extra["expected"]
-    if base is bool:
-        return "true or false"
-    if base is int:
-        return _bound("integer", metas, value, (INT_MIN, INT_MAX))
-    if base is float:
-        return _bound("number", metas, value, None)
-    if base is str:
-        low = next((m.min_length for m in metas if m.min_length), 0)
-        high = next((m.max_length for m in metas if m.max_length is not None), None)
-        text = "a non-empty string" if low else "a string"
-        return text + (f" of at most {high} characters" if high is not None else "")
-    if base is bytes:
-        return "base64 text"
-    if get_origin(base) is Literal:
-        return "one of " + ", ".join(map(repr, get_args(base)))
-    if get_origin(base) is list:
-        low = next((m.min_length for m in metas if m.min_length), 0)
-        return "a non-empty list" if low else "a list"
-    if get_origin(base) is dict or base is dict:
-        return "a mapping"
-    if isinstance(base, type) and issubclass(base, Struct):
-        return "an object"
-    return getattr(base, "__name__", str(base))
-
-
-def _choices_problem(label: str, metas: list[Meta], value: Any) -> str | None:
-    extra = next((m.extra for m in metas if m.extra and "choices" in m.extra), None)
-    if extra is None or not isinstance(value, str):
-        return None
-    allowed, noun = extra["choices"], extra["noun"]
-    items = value.split(",")
-    unknown = [item for item in items if item and item not in allowed]
-    if unknown:
-        return f"{label}: unknown {noun} {', '.join(map(repr, unknown))}; allowed: {', '.join(allowed)}"
-    return f"{label}: expected one or more {noun}s separated by commas, got {value!r}; allowed: " + ", ".join(
-        allowed
-    )
-
-
-def explain(
-    exc: msgspec.ValidationError,
-    doc: Any,
-    tp: Any,
-    where: str = "",
-    *,
-    root: str = "the request body",
-    prefix: str = "",
-) -> str:
-    """The project's message for a ``ValidationError`` of ``msgspec.convert(doc, tp)`` or of a JSON
-    decode of ``doc`` into ``tp``: ``<prefix><path>: what was wrong; what to do``.
-
-    ``where`` is the path of ``doc`` in a larger document (``jobs[3]``); ``root`` names ``doc``
-    itself when the problem is with the whole of it.
-    """
-    what = _MESSAGE.fullmatch(str(exc))["what"]  # type: ignore[index]
-    value, label = doc, where
-    for part in _path(str(exc))[1:]:
-        base, _ = _unwrap(tp)
-        if part == "...":
-            key, value, tp = _bad_entry(value if isinstance(value, dict) else {}, base)
-            label = _key_path(label, key)
-        elif isinstance(part, int):
-            (tp,) = get_args(base) or (Any,)
-            value = value[part] if isinstance(value, list) and part < len(value) else _MISSING
-            label = f"{label}[{part}]"
-        else:
-            tp = _fields(base).get(part, Any) if isinstance(base, type) and issubclass(base, Struct) else Any
-            value = value.get(part, _MISSING) if isinstance(value, dict) else _MISSING
-            label = f"{label}.{part}" if label else part
-    named = re.search(r"field `(.*)`", what)
-    if what.startswith("Object contains unknown field") and named:
-        field = named[1]
-        base, _ = _unwrap(tp)
-        known = ", ".join(_fields(base)) if isinstance(base, type) and issubclass(base, Struct) else ""
-        if field == "buffer_b64" and base is Job:
-            return f"{prefix}{label}.{field}: renamed 'buffer' (the same base64 text); rename the key"
-        if not label:
-            return f"{root}: unknown field {field!r}; known fields: {known}"
-        return f"{prefix}{label}.{field}: unknown field; known fields: {known}"
-    if what.startswith("Object missing required field") and named:
-        if not label:
-            return f"{root}: {named[1]!r} is missing; it is required"
-        return f"{prefix}{label}.{named[1]}: missing; it is required"
-    at = f"{prefix}{label}" if label else root
-    _, metas = _unwrap(tp)
-    return _choices_problem(at, metas, value) or f"{at}: expected {describe(tp, value)}, got {show(value)}"
-
-
-def problems(values: Any, struct: type[Struct], where: str = "") -> list[str]:
-    """Every field of ``values`` that does not fit ``struct``, one message each (``struct`` must
-    have no required fields); ``[]`` when all fit."""
-    try:
-        msgspec.convert(values, struct)
-        return []
-    except msgspec.ValidationError as exc:
-        if not isinstance(values, dict):
-            return [explain(exc, values, struct, where)]
-    found = []
-    for key, value in values.items():
-        try:
-            msgspec.convert({key: value}, struct)
-        except msgspec.ValidationError as exc:
-            found.append(explain(exc, {key: value}, struct, where))
-    return found
-
-
-def present(struct: Struct) -> dict[str, Any]:
-    """The fields of ``struct`` that were given (not UNSET), by name."""
-    return {name: value for name, value in iter_fields(struct) if value is not UNSET}
-
-
-def iter_fields(struct: Struct) -> Iterator[tuple[str, Any]]:
-    for name in struct.__struct_fields__:
-        yield name, getattr(struct, name)

@@ -22,7 +22,7 @@ from msgspec import Struct
 from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 
-from pandaflow import spec
+from pandaflow import problems, spec
 from pandaflow.server import apischema, collector, control, queries, sites, submission
 from pandaflow.server import schema as s
 from pandaflow.server.openapi import document as openapi_document
@@ -163,10 +163,10 @@ def _query(kind: type[Struct] = apischema.Empty) -> dict[str, Any]:
     if nul:
         raise ApiError(400, f"query parameter(s) {nul}: {spec.NUL_REFUSED}")
     try:
-        return spec.present(msgspec.convert(given, kind, strict=False))
+        return problems.present(msgspec.convert(given, kind, strict=False))
     except msgspec.ValidationError as exc:
         raise ApiError(
-            400, spec.explain(exc, given, kind, root="the query string", prefix="query parameter ")
+            400, problems.explain(exc, given, kind, root="the query string", prefix="query parameter ")
         ) from None
 
 
