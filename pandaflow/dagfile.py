@@ -15,31 +15,27 @@ a :class:`DagFile` whose :attr:`~DagFile.body` is what ``POST /api/v1/workflows`
 from __future__ import annotations
 
 import json
-import math
 import string
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pandaflow import clustering
+from pandaflow import clustering, spec
+from pandaflow.problems import check_value, describe, field_problems, field_type, show
 from pandaflow.server import dag
 
-#: Keys of a task's defaults; every one but ``command`` may be overridden per job.
-TASK_KEYS = (
-    "command", "cores", "memory_mb", "disk_mb", "walltime_s", "priority", "queue", "max_attempts", "env",
-    "memory_multiplier", "memory_max_mb", "retry_unless_exit", "always",
-)  # fmt: skip
-#: Keys of a job.
-JOB_KEYS = ("name", "task", "label", "vars", "inputs", "outputs", "parents", *TASK_KEYS)
+#: Keys of a task's defaults (:class:`pandaflow.spec.JobDefaults`); every one may be overridden per job.
+TASK_KEYS = spec.JobDefaults.__struct_fields__
+_DAG_KEYS = ("inputs", "outputs", "parents")
+#: Keys of a job: those of the job specification, with ``label`` (an alias of ``task``) and ``vars``
+#: (values for the command template) that only DAG files have.
+JOB_KEYS = ("name", "task", "label", "vars", *_DAG_KEYS, *TASK_KEYS)
 TOP_KEYS = ("name", "owner", "available", "sites", "site", "tasks", "clusters", "jobs")
 CLUSTER_KEYS = ("tasks", "dimensions")
-DEFAULT_TASK = "default"
+DEFAULT_TASK = spec.DEFAULT_TASK
 
-_INT_MAX = 2**31 - 1  # the server's integer columns are 32-bit
-_NAME_MAX = 255  # job, task and workflow names (column sizes on the server)
-_PRODUCT_MAX = 500  # product names
-_MINIMUM = {"cores": 1, "memory_mb": 0, "disk_mb": 0, "max_attempts": 1, "memory_max_mb": 1}
+_NAME_MAX = spec.NAME_MAX  # job, task and workflow names
 
 
 class DagFileError(ValueError):
@@ -170,70 +166,36 @@ class _Checker:
             return None
         return value
 
-    def names(self, key: str, value: Any) -> list[str] | None:
-        if not isinstance(value, list):
-            self.bad(key, f"expected a list of names, got {_show(value)}")
-            return None
-        ok = [self.name(f"{key}[{i}]", v, _PRODUCT_MAX) for i, v in enumerate(value)]
-        return None if None in ok else list(value)
+    def spec(self, key: str, value: Any, tp: Any) -> bool:
+        """Check ``value`` against a type of :mod:`pandaflow.spec`; False when refused."""
+        why = check_value(value, tp, key)
+        if why:
+            self.problems.append(f"{self.where}: {why}")
+        return why is None
 
-    def resource(self, key: str, field_name: str, value: Any) -> Any:
-        """A task default or job override, checked by type and range; None when refused."""
-        if field_name == "command":
-            if not isinstance(value, str) or not value.strip():
-                self.bad(key, f"expected a non-empty command string, got {_show(value)}")
-                return None
-            return value
-        if field_name == "queue":
-            return self.name(key, value, 128)
-        if field_name == "env":
-            if not isinstance(value, dict) or not all(isinstance(k, str) for k in value):
-                self.bad(key, f"expected a mapping of variable names to strings, got {_show(value)}")
-                return None
-            bad = [k for k, v in value.items() if not isinstance(v, str | int | float) or isinstance(v, bool)]
-            if bad:
-                self.bad(f"{key}.{bad[0]}", f"expected a string value, got {_show(value[bad[0]])}")
-                return None
-            return {k: str(v) for k, v in value.items()}  # YAML reads `1` as a number
-        if field_name == "memory_multiplier":
-            if isinstance(value, bool) or not isinstance(value, int | float) or not 1 <= value <= 100:
-                self.bad(key, f"expected a number from 1 to 100, got {_show(value)}")
-                return None
-            return value
-        if field_name == "always":
-            if not isinstance(value, bool):
-                self.bad(key, f"expected true or false, got {_show(value)}")
-                return None
-            return value
-        if field_name == "retry_unless_exit":
-            if not isinstance(value, list) or not all(
-                isinstance(c, int) and not isinstance(c, bool) for c in value
-            ):
-                self.bad(key, f"expected a list of exit codes (integers), got {_show(value)}")
-                return None
-            return value
-        if field_name == "walltime_s":
-            if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-                self.bad(key, f"expected a positive number of seconds, got {_show(value)}")
-                return None
-            return value
-        # integer fields
-        low = _MINIMUM.get(field_name, -_INT_MAX - 1)
-        if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= _INT_MAX:
-            self.bad(key, f"expected an integer from {low} to {_INT_MAX}, got {_show(value)}")
-            return None
+    def fields(self, key: str, values: dict[str, Any], struct: type) -> dict[str, Any] | None:
+        """Task defaults or job fields checked by :mod:`pandaflow.spec` (``null`` refused: in a DAG
+        file it is a key left without its value); None when any is refused."""
+        values = {k: _env(v) if k == "env" else v for k, v in values.items()}
+        found = field_problems({k: v for k, v in values.items() if v is not None}, struct, key)
+        for k, v in values.items():
+            if v is None:
+                wanted = describe(field_type(struct, k, nullable=False))
+                found.append(f"{key}.{k}: expected {wanted}, got nothing (null)")
+        self.problems.extend(f"{self.where}: {p}" for p in found)
+        return None if found else values
+
+
+def _env(value: Any) -> Any:
+    """YAML reads ``A: 1`` as a number: environment values that are numbers become strings."""
+    if not isinstance(value, dict):
         return value
+    return {
+        k: str(v) if isinstance(v, int | float) and not isinstance(v, bool) else v for k, v in value.items()
+    }
 
 
-def _show(value: Any) -> str:
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if value is None:
-        return "nothing (null)"
-    text = repr(value)
-    return f"{type(value).__name__} {text[:60]}"
+_show = show
 
 
 def _unknown(check: _Checker, key: str, given: dict, allowed: tuple[str, ...]) -> bool:
@@ -248,28 +210,10 @@ def _sites(check: _Checker, doc: dict) -> tuple[dict[str, float] | None, str | N
     if "sites" in doc and "site" in doc:
         check.bad("site", "give 'sites' (shares over several sites) or 'site' (pin to one), not both")
         return None, None
-    if "site" in doc:
-        return None, check.name("site", doc["site"], 128)
-    if "sites" not in doc:
-        return None, None
-    raw = doc["sites"]
-    if not isinstance(raw, dict) or not raw:
-        check.bad("sites", f"expected a mapping of site names to shares (e.g. FrDF: 0.5), got {_show(raw)}")
-        return None, None
-    shares: dict[str, float] = {}
-    for name, share in raw.items():
-        if check.name(f"sites.{name}", name, 128) is None:
-            continue
-        if (
-            isinstance(share, bool)
-            or not isinstance(share, int | float)
-            or not math.isfinite(share)
-            or share <= 0
-        ):
-            check.bad(f"sites.{name}", f"expected a positive share, got {_show(share)}")
-            continue
-        shares[name] = share
-    return shares, None
+    for key in ("sites", "site"):
+        if key in doc and check.spec(key, doc[key], field_type(spec.SubmitRequest, key)):
+            return (doc[key], None) if key == "sites" else (None, doc[key])
+    return None, None
 
 
 def _tasks(check: _Checker, raw: Any) -> dict[str, dict[str, Any]]:
@@ -279,19 +223,19 @@ def _tasks(check: _Checker, raw: Any) -> dict[str, dict[str, Any]]:
         check.bad("tasks", f"expected a mapping of task (label) names to defaults, got {_show(raw)}")
         return {}
     tasks: dict[str, dict[str, Any]] = {}
-    for label, spec in raw.items():
+    for label, defaults in raw.items():
         key = f"tasks.{label}"
         if check.name(key, label) is None:
             continue
-        if spec is None:
-            spec = {}
-        if not isinstance(spec, dict):
-            check.bad(key, f"expected a mapping of defaults ({', '.join(TASK_KEYS)}), got {_show(spec)}")
+        if defaults is None:
+            defaults = {}
+        if not isinstance(defaults, dict):
+            check.bad(key, f"expected a mapping of defaults ({', '.join(TASK_KEYS)}), got {_show(defaults)}")
             continue
-        if _unknown(check, key, spec, TASK_KEYS):
+        if _unknown(check, key, defaults, TASK_KEYS):
             continue
-        values = {k: check.resource(f"{key}.{k}", k, v) for k, v in spec.items()}
-        if None not in values.values():
+        values = check.fields(key, defaults, spec.JobDefaults)
+        if values is not None:
             tasks[label] = values
     return tasks
 
@@ -304,20 +248,20 @@ def _clusters(check: _Checker, raw: Any, tasks: dict[str, dict[str, Any]]) -> li
         return []
     specs: list[clustering.ClusterSpec] = []
     owner: dict[str, str] = {}
-    for label, spec in raw.items():
+    for label, entry in raw.items():
         key = f"clusters.{label}"
         if check.name(key, label) is None:
             continue
-        if not isinstance(spec, dict):
-            check.bad(key, f"expected a mapping with {', '.join(CLUSTER_KEYS)}, got {_show(spec)}")
+        if not isinstance(entry, dict):
+            check.bad(key, f"expected a mapping with {', '.join(CLUSTER_KEYS)}, got {_show(entry)}")
             continue
-        if _unknown(check, key, spec, CLUSTER_KEYS):
+        if _unknown(check, key, entry, CLUSTER_KEYS):
             continue
-        members = spec.get("tasks")
+        members = entry.get("tasks")
         if not isinstance(members, list) or not members or not all(isinstance(t, str) for t in members):
             check.bad(f"{key}.tasks", f"expected a non-empty list of task names, got {_show(members)}")
             continue
-        dims = spec.get("dimensions", [])
+        dims = entry.get("dimensions", [])
         if not isinstance(dims, list) or not all(isinstance(d, str) and d.isidentifier() for d in dims):
             check.bad(f"{key}.dimensions", f"expected a list of variable names, got {_show(dims)}")
             continue
@@ -386,14 +330,15 @@ def _job(
                 f"unknown task {label!r}; tasks declared: {', '.join(tasks) or '(none)'} "
                 "(declare it under 'tasks' or fix the name)",
             )
-    dag_fields = {k: check.names(f"{key}.{k}", raw[k]) for k in ("inputs", "outputs", "parents") if k in raw}
     variables = raw.get("vars", {})
     if not isinstance(variables, dict) or not all(isinstance(k, str) and k.isidentifier() for k in variables):
         check.bad(f"{key}.vars", f"expected a mapping of identifiers to values, got {_show(variables)}")
         variables = {}
-    overrides = {k: check.resource(f"{key}.{k}", k, raw[k]) for k in TASK_KEYS if k in raw}
-    if len(check.problems) > before:
+    given = check.fields(key, {k: raw[k] for k in (*_DAG_KEYS, *TASK_KEYS) if k in raw}, spec.Job)
+    if given is None or len(check.problems) > before:
         return None
+    dag_fields = {k: given.pop(k) for k in _DAG_KEYS if k in given}
+    overrides = given
     defaults = tasks.get(label, {})
     job: dict[str, Any] = {"name": name, "task": label}
     for k in TASK_KEYS:
@@ -436,9 +381,11 @@ def parse(doc: Any, where: str = "<dag>") -> DagFile:
     _unknown(check, "", doc, TOP_KEYS)
     name = check.name("name", doc.get("name"))
     owner = doc.get("owner")
-    if owner is not None:
-        owner = check.name("owner", owner, 128)
-    available = check.names("available", doc["available"]) if "available" in doc else []
+    if owner is not None and not check.spec("owner", owner, field_type(spec.SubmitRequest, "owner")):
+        owner = None
+    available = doc.get("available", [])
+    if not check.spec("available", available, field_type(spec.SubmitRequest, "available")):
+        available = []
     sites, site = _sites(check, doc)
     tasks = _tasks(check, doc.get("tasks"))
     raw_jobs = doc.get("jobs")

@@ -30,15 +30,15 @@ from parsl.utils import RepresentationMixin
 
 from pandaflow import config as pf_config
 from pandaflow import protocol
+from pandaflow import spec as job_spec
 from pandaflow.executors.embedded import Processes
 
 log = logging.getLogger(__name__)
 
-RESOURCE_KEYS = ("cores", "memory", "disk", "running_time_min", "priority", "queue", "max_attempts")
+RESOURCE_KEYS = job_spec.RESOURCE_KEYS
 _PING_EVERY = 2.0
 _RESEND_AFTER = 10.0
 _SYNC_EVERY = 10.0
-_LEAST: dict[str, int | None] = {"cores": 1, "max_attempts": 1, "priority": None}  # others: >= 0
 _WINDOW = 2  # submissions in flight before new jobs wait to be batched
 _MAX_BATCH = 2000
 
@@ -58,46 +58,11 @@ class SubmissionRefused(TaskFailed):
 
 
 def _check_spec(spec: dict[str, Any]) -> dict[str, Any]:
-    """Translate a parsl resource_specification into job fields (raises on unknown keys)."""
-    if not spec:
-        return {}
-    unknown = set(spec) - set(RESOURCE_KEYS)
-    if unknown:
-        raise InvalidResourceSpecification(
-            unknown,
-            f"PandaExecutor accepts only these resource_specification keys: {', '.join(RESOURCE_KEYS)}",
-        )
-    job: dict[str, Any] = {}
-    for key, field_name in (
-        ("cores", "cores"),
-        ("memory", "memory_mb"),
-        ("disk", "disk_mb"),
-        ("priority", "priority"),
-        ("max_attempts", "max_attempts"),
-    ):
-        if key in spec:
-            value = spec[key]
-            least = _LEAST.get(key, 0)
-            if isinstance(value, bool) or not isinstance(value, int) or (least is not None and value < least):
-                what = "an integer" if least is None else f"an integer of at least {least}"
-                raise InvalidResourceSpecification(
-                    {key}, f"{key} must be {what}, got {value!r}"
-                )
-            job[field_name] = value
-    if "running_time_min" in spec:
-        value = spec["running_time_min"]
-        if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
-            raise InvalidResourceSpecification(
-                {"running_time_min"}, f"running_time_min must be positive, got {value!r}"
-            )
-        job["walltime_s"] = float(value) * 60.0
-    if "queue" in spec:
-        if not isinstance(spec["queue"], str):
-            raise InvalidResourceSpecification(
-                {"queue"}, f"queue must be a queue name, got {spec['queue']!r}"
-            )
-        job["queue"] = spec["queue"]
-    return job
+    """Translate a parsl resource_specification into job fields (:func:`pandaflow.spec.resource_fields`)."""
+    try:
+        return job_spec.resource_fields(spec)
+    except job_spec.ResourceError as exc:
+        raise InvalidResourceSpecification(exc.keys, str(exc)) from None
 
 
 class PandaExecutor(ParslExecutor, RepresentationMixin):

@@ -11,20 +11,20 @@ same JSON as the server.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hmac
-import json
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
+import msgspec
 from flask import Blueprint, Response, current_app, jsonify, request, url_for
+from msgspec import Struct
 from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 
-from pandaflow.server import collector, control, queries, sites, submission
+from pandaflow import problems, spec
+from pandaflow.server import apischema, collector, control, queries, sites, submission
 from pandaflow.server import schema as s
 from pandaflow.server.openapi import document as openapi_document
 
@@ -32,8 +32,7 @@ log = logging.getLogger(__name__)
 
 api = Blueprint("api", __name__)
 
-MAX_IDS = 100_000  # ids in one cancel/retry request
-INT_MAX = 2**31 - 1  # ids are 32-bit integer columns
+INT_MAX = spec.INT_MAX  # ids are 32-bit integer columns
 
 
 def state():
@@ -119,65 +118,57 @@ def _internal_error(exc: Exception):
 
 
 # ---------------------------------------------------------------- request parsing
+# Bodies and query strings are typed by pandaflow.spec (jobs) and pandaflow.server.apischema (the
+# rest); the OpenAPI document is generated from the same structs.
 
 
-def _body(
-    *, required: tuple[str, ...] = (), optional: tuple[str, ...] = (), allow_empty: bool = False
-) -> dict:
-    """The request's JSON object, with its keys checked."""
+def _body[B: Struct](kind: type[B], *, optional: bool = False) -> B:
+    """The request's JSON body decoded into ``kind``; ``optional``: an empty body is ``kind()``."""
     raw = request.get_data(cache=True)
-    if not raw.strip():
-        if allow_empty and not required:
-            return {}
-        raise ApiError(400, f"send a JSON object body with {', '.join(map(repr, required))}")
+    if not raw or raw.isspace():
+        if optional:
+            return kind()
+        needed = [f"'{f.name}'" for f in msgspec.structs.fields(kind) if f.required]
+        raise ApiError(400, f"send a JSON object body with {', '.join(needed)}")
     try:
-        body = json.loads(raw)
-    except UnicodeDecodeError:
-        raise ApiError(400, "the request body is not UTF-8 text; send a JSON object") from None
-    except json.JSONDecodeError as exc:
-        raise ApiError(
-            400, f"the request body is not valid JSON (line {exc.lineno} column {exc.colno}: {exc.msg})"
-        ) from None
-    if not isinstance(body, dict):
-        raise ApiError(400, f"the request body must be a JSON object, got {type(body).__name__}")
-    missing = [k for k in required if k not in body]
-    if missing:
-        raise ApiError(400, f"missing key(s) {missing} in the request body")
-    unknown = sorted(set(body) - set(required) - set(optional))
-    if unknown:
-        raise ApiError(
-            400, f"unknown key(s) {unknown} in the request body; allowed: {sorted(required + optional)}"
-        )
-    return body
+        return spec.decode(raw, kind)
+    except spec.BodyError as exc:
+        raise ApiError(400, str(exc)) from None
 
 
-def _args(*allowed: str) -> dict[str, str]:
-    """The query string; a parameter not in ``allowed`` is refused (a typo must not widen a filter)."""
-    unknown = sorted(set(request.args) - set(allowed))
+def _submission[R: (spec.SubmitRequest, spec.AppendRequest)](kind: type[R]) -> R:
+    """A submission body: bad jobs come back as :class:`~pandaflow.spec.Invalid` for
+    :func:`~pandaflow.server.submission.validate` to list with the other refused jobs."""
+    raw = request.get_data(cache=True)
+    if not raw or raw.isspace():
+        _body(kind)  # says what to send
+    try:
+        return spec.decode_submission(raw, kind)
+    except spec.BodyError as exc:
+        raise ApiError(400, str(exc)) from None
+
+
+def _query(kind: type[Struct] = apischema.Empty) -> dict[str, Any]:
+    """The query string as ``kind`` types it (strings coerced): the parameters given, by name.
+    A parameter ``kind`` does not have is refused: a typo must not widen a filter."""
+    args = request.args
+    allowed = kind.__struct_fields__
+    unknown = sorted(k for k in args if k not in allowed)
     if unknown:
         raise ApiError(400, f"unknown query parameter(s) {unknown}; allowed: {sorted(allowed)}")
-    return {k: request.args[k] for k in allowed if k in request.args}
-
-
-def _int(args: dict[str, str], key: str, default: int | None = None, minimum: int = 0) -> int | None:
-    if key not in args:
-        return default
+    repeated = sorted(k for k in args if len(args.getlist(k)) > 1)
+    if repeated:
+        raise ApiError(400, f"query parameter(s) {repeated} given more than once; give each once")
+    given = {k: args[k] for k in args}
+    nul = sorted(k for k, v in given.items() if "\x00" in v or "\x00" in k)
+    if nul:
+        raise ApiError(400, f"query parameter(s) {nul}: {spec.NUL_REFUSED}")
     try:
-        value = int(args[key])
-    except ValueError:
-        raise ApiError(400, f"query parameter {key} must be an integer, got {args[key]!r}") from None
-    if value < minimum:
-        raise ApiError(400, f"query parameter {key} must be at least {minimum}, got {value}")
-    if value > INT_MAX:
-        raise ApiError(400, f"query parameter {key} must be at most {INT_MAX}, got {value}")
-    return value
-
-
-def _page_args(args: dict[str, str]) -> dict[str, int]:
-    return {
-        "limit": _int(args, "limit", queries.DEFAULT_LIMIT, minimum=1),
-        "offset": _int(args, "offset", 0),
-    }
+        return problems.present(msgspec.convert(given, kind, strict=False))
+    except msgspec.ValidationError as exc:
+        raise ApiError(
+            400, problems.explain(exc, given, kind, root="the query string", prefix="query parameter ")
+        ) from None
 
 
 def _read(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
@@ -189,25 +180,6 @@ def _read(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
             raise
         except ValueError as exc:
             raise ApiError(400, str(exc)) from None
-
-
-def _ids(body: dict) -> list[int]:
-    ids = body["ids"]
-    if not isinstance(ids, list) or not ids:
-        raise ApiError(400, "'ids' must be a non-empty list of job ids (integers)")
-    bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, int) or not 0 < i <= INT_MAX]
-    if bad:
-        raise ApiError(400, f"'ids' must hold job ids (integers from 1 to {INT_MAX}); not ids: {bad[:10]}")
-    if len(ids) > MAX_IDS:
-        raise ApiError(400, f"at most {MAX_IDS} ids per request; send several requests or use a workflow")
-    return list(dict.fromkeys(ids))
-
-
-def _extra(body: dict) -> int:
-    extra = body.get("extra_attempts", 1)
-    if isinstance(extra, bool) or not isinstance(extra, int) or not 1 <= extra <= 1000:
-        raise ApiError(400, f"'extra_attempts' must be an integer from 1 to 1000, got {extra!r}")
-    return extra
 
 
 def _poke(message: dict[str, Any]) -> None:
@@ -227,6 +199,7 @@ def _poke(message: dict[str, Any]) -> None:
 
 @api.get("/info")
 def info():
+    _query()
     st = state()
     host = request.host.rsplit(":", 1)[0] if "]" not in request.host.rsplit(":", 1)[-1] else request.host
     zmq = st.dispatcher.endpoint if st.dispatcher else None
@@ -237,77 +210,46 @@ def info():
 
 @api.get("/openapi.json")
 def openapi():
-    _args()
+    _query()
     return jsonify(openapi_document())
 
 
 @api.get("/errorcodes")
 def errorcodes():
-    _args()
+    _query()
     return jsonify(error_codes=queries.error_codes())
 
 
 # ---------------------------------------------------------------- workflows
 
 
-def _decode_buffers(jobs: list) -> list:
-    """Python jobs travel as base64 over JSON: turn ``buffer_b64`` into ``buffer`` bytes."""
-    problems = []
-    decoded = []
-    for i, job in enumerate(jobs):
-        if not isinstance(job, dict):
-            decoded.append(job)  # submission.validate names the problem
-            continue
-        job = dict(job)
-        if "buffer" in job:
-            problems.append(
-                f"jobs[{i}]: over JSON send the payload base64-encoded as 'buffer_b64', not 'buffer'"
-            )
-        if "buffer_b64" in job:
-            text = job.pop("buffer_b64")
-            try:
-                if not isinstance(text, str):
-                    raise ValueError
-                job["buffer"] = base64.b64decode(text, validate=True)
-            except (ValueError, binascii.Error):
-                problems.append(f"jobs[{i}]: 'buffer_b64' is not valid base64 text")
-        decoded.append(job)
-    if problems:
-        raise submission.SubmissionError(problems)
-    return decoded
-
-
-def _site_broker(policy: sites.SitePolicy | None, jobs: list, label: Any) -> Any:
+def _site_broker(policy: sites.SitePolicy | None, jobs: list[spec.Job | spec.Invalid], label: Any) -> Any:
     """The broker of one request: the server's, or one that spreads jobs over the policy's sites
     (seeded by the request itself, so the same request is brokered the same way)."""
     if policy is None:
         return state().broker
-    first = jobs[0] if isinstance(jobs[0], dict) else {}
-    phase = sites.seed(label, len(jobs), first.get("uid") or first.get("name"))
-    return sites.SiteBroker(state().broker, policy, jobs, phase)
+    first = jobs[0] if isinstance(jobs[0], spec.Job) else spec.Job()
+    phase = sites.seed(label, len(jobs), first.uid or first.name)
+    shapes = [
+        {"memory_mb": j.memory_mb, "cores": j.cores, "walltime_s": j.walltime_s, "queue": j.queue}
+        for j in jobs
+        if isinstance(j, spec.Job)
+    ]
+    return sites.SiteBroker(state().broker, policy, shapes, phase)
 
 
 @api.post("/workflows")
 @collector.paused()
 def submit_workflow():
-    body = _body(required=("name", "jobs"), optional=("owner", "available", "sites", "site"))
-    name, owner, jobs = body["name"], body.get("owner", ""), body["jobs"]
-    available = body.get("available", [])
-    if not isinstance(available, list) or not all(isinstance(a, str) and a for a in available):
-        raise ApiError(400, "'available' must be a list of data product names that exist already")
-    if not isinstance(name, str) or not name.strip():
-        raise ApiError(400, "'name' must be a non-empty string naming the workflow")
-    if not isinstance(owner, str):
-        raise ApiError(400, "'owner' must be a string")
-    if not isinstance(jobs, list) or not jobs:
-        raise ApiError(400, "'jobs' must be a non-empty list of job objects")
+    body = _submission(spec.SubmitRequest)
+    name, owner, available = body.name, body.owner, body.available
     st = state()
     try:
-        policy = sites.parse(body.get("sites"), body.get("site"), st.broker.sites)
+        policy = sites.parse(_given(body.sites), _given(body.site), st.broker.sites)
     except sites.SiteError as exc:
         raise ApiError(400, str(exc)) from None
-    broker = _site_broker(policy, jobs, name)
-    clean = submission.validate(_decode_buffers(jobs), broker)
+    broker = _site_broker(policy, body.jobs, name)
+    clean = submission.validate(body.jobs, broker)
     with st.engine.begin() as conn:
         stored = submission.store(
             conn, clean, submission.WorkflowBook(), workflow=name, owner=owner, available=available
@@ -332,19 +274,15 @@ def submit_workflow():
 def append_jobs(workflow_id: int):
     """Add jobs to a workflow: a large DAG goes in pieces, each all-or-nothing; a piece may read
     products that earlier pieces write."""
-    body = _body(required=("jobs",), optional=("available",))
-    jobs, available = body["jobs"], body.get("available", [])
-    if not isinstance(available, list) or not all(isinstance(a, str) and a for a in available):
-        raise ApiError(400, "'available' must be a list of data product names that exist already")
-    if not isinstance(jobs, list) or not jobs:
-        raise ApiError(400, "'jobs' must be a non-empty list of job objects")
+    body = _submission(spec.AppendRequest)
+    jobs, available = body.jobs, body.available
     st = state()
     with st.engine.connect() as conn:
         if conn.execute(select(s.workflows.c.id).where(s.workflows.c.id == workflow_id)).first() is None:
             raise ApiError(404, f"no workflow {workflow_id}; create it with POST /api/v1/workflows")
         policy = sites.policy_of(conn, workflow_id)  # appended jobs follow the workflow's sites
     broker = _site_broker(policy, jobs, workflow_id)
-    clean = submission.validate(_decode_buffers(jobs), broker)
+    clean = submission.validate(jobs, broker)
     with st.engine.begin() as conn:
         stored = submission.store(
             conn, clean, submission.WorkflowBook(), workflow_id=workflow_id, available=available
@@ -361,6 +299,10 @@ def append_jobs(workflow_id: int):
     return response
 
 
+def _given(value: Any) -> Any:
+    return None if value is msgspec.UNSET else value
+
+
 def _site_counts(broker: Any, clean: list[dict], stored: submission.Submitted) -> dict[str, Any]:
     """``{"sites": {site: jobs stored by this request}}`` for a workflow with sites, else nothing."""
     if not isinstance(broker, sites.SiteBroker):
@@ -371,27 +313,26 @@ def _site_counts(broker: Any, clean: list[dict], stored: submission.Submitted) -
 
 @api.get("/workflows")
 def list_workflows():
-    args = _args("limit", "offset")
-    return jsonify(_read(queries.list_workflows, **_page_args(args)))
+    return jsonify(_read(queries.list_workflows, **_query(apischema.PageQuery)))
 
 
 @api.get("/workflows/<int:workflow_id>")
 def get_workflow(workflow_id: int):
-    _args()
+    _query()
     return jsonify(_read(queries.get_workflow, workflow_id))
 
 
 @api.get("/workflows/<int:workflow_id>/tasks")
 def workflow_tasks(workflow_id: int):
-    args = _args("limit", "offset")
+    args = _query(apischema.PageQuery)
     with state().engine.connect() as conn:
         queries.require_workflow(conn, workflow_id)
-    return jsonify(_read(queries.list_tasks, workflow_id=workflow_id, **_page_args(args)))
+    return jsonify(_read(queries.list_tasks, workflow_id=workflow_id, **args))
 
 
 @api.get("/workflows/<int:workflow_id>/report")
 def workflow_report(workflow_id: int):
-    _args()
+    _query()
     return jsonify(_read(queries.report, workflow_id))
 
 
@@ -426,8 +367,10 @@ def _control(
                     ).all()
                 )
     except control.ControlError as exc:
-        # Named ids: some do not exist (404). A workflow known to exist: it has no jobs (400).
-        raise ApiError(404 if job_ids else 400, f"{exc}; nothing was changed") from None
+        # Named jobs or a task that do not exist: 404. A workflow known to exist with no jobs: 400.
+        raise ApiError(
+            404 if isinstance(exc, control.NotThere) else 400, f"{exc}; nothing was changed"
+        ) from None
     # Poke only after the commit: the dispatcher must never act on a rolled-back change.
     kill = {names[p]: ids for p, ids in changed.kill.items() if p in names}
     if kill:
@@ -439,38 +382,35 @@ def _control(
     return jsonify(action=action, changed=changed.job_ids, skipped=changed.skipped)
 
 
-def _task(body: dict) -> str | None:
-    task = body.get("task")
-    if task is not None and (not isinstance(task, str) or not task):
-        raise ApiError(400, "'task' must be the name of one of the workflow's tasks (labels)")
-    return task
+def _task(body: apischema.TaskOption | apischema.RetryOptions) -> str | None:
+    return None if body.task is msgspec.UNSET else body.task
 
 
 @api.post("/workflows/<int:workflow_id>/cancel")
 def cancel_workflow(workflow_id: int):
-    _args()
-    body = _body(optional=("task",), allow_empty=True)
+    _query()
+    body = _body(apischema.TaskOption, optional=True)
     return _control("cancel", workflow_id=workflow_id, task=_task(body))
 
 
 @api.post("/workflows/<int:workflow_id>/retry")
 def retry_workflow(workflow_id: int):
-    _args()
-    body = _body(optional=("extra_attempts", "task"), allow_empty=True)
-    return _control("retry", workflow_id=workflow_id, extra=_extra(body), task=_task(body))
+    _query()
+    body = _body(apischema.RetryOptions, optional=True)
+    return _control("retry", workflow_id=workflow_id, extra=body.extra_attempts, task=_task(body))
 
 
 @api.post("/workflows/<int:workflow_id>/hold")
 def hold_workflow(workflow_id: int):
-    _args()
-    body = _body(optional=("task",), allow_empty=True)
+    _query()
+    body = _body(apischema.TaskOption, optional=True)
     return _control("hold", workflow_id=workflow_id, task=_task(body))
 
 
 @api.post("/workflows/<int:workflow_id>/release")
 def release_workflow(workflow_id: int):
-    _args()
-    body = _body(optional=("task",), allow_empty=True)
+    _query()
+    body = _body(apischema.TaskOption, optional=True)
     return _control("release", workflow_id=workflow_id, task=_task(body))
 
 
@@ -479,44 +419,26 @@ def release_workflow(workflow_id: int):
 
 @api.get("/tasks")
 def list_tasks():
-    args = _args("workflow_id", "limit", "offset")
-    return jsonify(_read(queries.list_tasks, workflow_id=_int(args, "workflow_id"), **_page_args(args)))
+    return jsonify(_read(queries.list_tasks, **_query(apischema.TasksQuery)))
 
 
 @api.get("/jobs")
 def list_jobs():
-    args = _args("workflow_id", "task_id", "status", "queue", "pilot_id", "name", "limit", "offset")
-    status = None
+    args = _query(apischema.JobsQuery)
     if "status" in args:
-        status = [x.strip() for x in args["status"].split(",") if x.strip()]
-        if not status:
-            raise ApiError(
-                400, "query parameter status is empty; give one or more states separated by commas"
-            )
-    return jsonify(
-        _read(
-            queries.list_jobs,
-            workflow_id=_int(args, "workflow_id"),
-            task_id=_int(args, "task_id"),
-            status=status,
-            queue=args.get("queue"),
-            pilot_id=_int(args, "pilot_id"),
-            name=args.get("name"),
-            **_page_args(args),
-        )
-    )
+        args["status"] = args["status"].split(",")
+    return jsonify(_read(queries.list_jobs, **args))
 
 
 @api.get("/jobs/<int:job_id>")
 def get_job(job_id: int):
-    _args()
+    _query()
     return jsonify(_read(queries.get_job, job_id))
 
 
 @api.get("/jobs/<int:job_id>/log")
 def get_log(job_id: int):
-    args = _args("attempt")
-    found = _read(queries.get_log, job_id, _int(args, "attempt", minimum=1))
+    found = _read(queries.get_log, job_id, _query(apischema.LogQuery).get("attempt"))
     if request.accept_mimetypes.best_match(["text/plain", "application/json"]) == "application/json":
         return jsonify(found)
     response = Response(found["text"], mimetype="text/plain")
@@ -527,36 +449,36 @@ def get_log(job_id: int):
 
 @api.get("/jobs/<int:job_id>/events")
 def get_job_events(job_id: int):
-    _args()
+    _query()
     return jsonify(_read(queries.job_events, job_id))
 
 
 @api.post("/jobs/hold")
 def hold_jobs():
-    _args()
-    body = _body(required=("ids",))
-    return _control("hold", job_ids=_ids(body))
+    _query()
+    body = _body(apischema.HoldJobs)
+    return _control("hold", job_ids=list(dict.fromkeys(body.ids)))
 
 
 @api.post("/jobs/release")
 def release_jobs():
-    _args()
-    body = _body(required=("ids",))
-    return _control("release", job_ids=_ids(body))
+    _query()
+    body = _body(apischema.ReleaseJobs)
+    return _control("release", job_ids=list(dict.fromkeys(body.ids)))
 
 
 @api.post("/jobs/cancel")
 def cancel_jobs():
-    _args()
-    body = _body(required=("ids",))
-    return _control("cancel", job_ids=_ids(body))
+    _query()
+    body = _body(apischema.CancelJobs)
+    return _control("cancel", job_ids=list(dict.fromkeys(body.ids)))
 
 
 @api.post("/jobs/retry")
 def retry_jobs():
-    _args()
-    body = _body(required=("ids",), optional=("extra_attempts",))
-    return _control("retry", job_ids=_ids(body), extra=_extra(body))
+    _query()
+    body = _body(apischema.RetryJobs)
+    return _control("retry", job_ids=list(dict.fromkeys(body.ids)), extra=body.extra_attempts)
 
 
 # ---------------------------------------------------------------- pilots, queues, summaries
@@ -564,40 +486,29 @@ def retry_jobs():
 
 @api.get("/pilots")
 def list_pilots():
-    args = _args("status", "queue", "limit", "offset")
-    return jsonify(
-        _read(queries.list_pilots, status=args.get("status"), queue=args.get("queue"), **_page_args(args))
-    )
+    return jsonify(_read(queries.list_pilots, **_query(apischema.PilotsQuery)))
 
 
 @api.get("/queues")
 def list_queues():
-    _args()
+    _query()
     return jsonify(_read(queries.list_queues))
 
 
 @api.get("/workers")
 def list_workers():
-    args = _args("queue", "state", "limit", "offset")
-    state_filter = None
+    args = _query(apischema.WorkersQuery)
     if "state" in args:
-        state_filter = [x.strip() for x in args["state"].split(",") if x.strip()]
-        if not state_filter:
-            raise ApiError(
-                400, "query parameter state is empty; give one or more worker states separated by commas"
-            )
-    return jsonify(
-        _read(queries.list_workers, queue=args.get("queue"), state=state_filter, **_page_args(args))
-    )
+        args["state"] = args["state"].split(",")
+    return jsonify(_read(queries.list_workers, **args))
 
 
 @api.get("/summary")
 def summary():
-    _args()
+    _query()
     return jsonify(_read(queries.summary))
 
 
 @api.get("/errors")
 def errors():
-    args = _args("workflow_id")
-    return jsonify(_read(queries.error_summary, workflow_id=_int(args, "workflow_id")))
+    return jsonify(_read(queries.error_summary, **_query(apischema.ErrorsQuery)))

@@ -22,6 +22,10 @@ class ControlError(ValueError):
     """A control request names nothing that can be acted on."""
 
 
+class NotThere(ControlError):
+    """A control request names jobs, or a task, that do not exist."""
+
+
 @dataclass(slots=True)
 class Changed:
     """What a control request changed: the jobs it moved, those it left (with the reason), and
@@ -69,7 +73,7 @@ def _select(
         ).scalar()
         if task_id is None:
             names = conn.execute(select(s.tasks.c.name).where(s.tasks.c.workflow_id == workflow_id)).scalars()
-            raise ControlError(f"workflow {workflow_id} has no task {task!r}; its tasks: {sorted(names)}")
+            raise NotThere(f"workflow {workflow_id} has no task {task!r}; its tasks: {sorted(names)}")
         query = query.where(_J.task_id == task_id)
     if conn.dialect.name == "postgresql":
         query = query.with_for_update()
@@ -77,7 +81,7 @@ def _select(
     if job_ids:
         missing = set(job_ids) - {r["id"] for r in rows}
         if missing:
-            raise ControlError(f"no such job(s): {sorted(missing)}")
+            raise NotThere(f"no such job(s): {sorted(missing)}")
     elif not rows:
         what = f"task {task!r} of workflow {workflow_id}" if task else f"workflow {workflow_id}"
         raise ControlError(f"{what} has no jobs (or does not exist)")

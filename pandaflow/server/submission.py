@@ -1,4 +1,8 @@
-"""Bulk submission: validate every job, broker it, then store the whole batch or nothing."""
+"""Bulk submission: validate every job, broker it, then store the whole batch or nothing.
+
+What a job may hold is defined once, in :mod:`pandaflow.spec`; :func:`validate` applies it (and
+brokerage) to jobs decoded from a REST body or sent as plain dicts over ZeroMQ.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import itertools
 import json
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,38 +21,15 @@ from pandaflow.server import schema as s
 from pandaflow.server.broker import Broker, BrokerageError
 from pandaflow.server.statements import MAX_PARAMS, Sql, chunks, claim_writes, insert_sql, marks
 from pandaflow.server.states import PENDING, PRUNED, READY, Effects
+from pandaflow.spec import DEFAULT_TASK, MAX_ATTEMPTS_DEFAULT, Invalid, Job, SpecError, job_from, job_kind
 
-MAX_ATTEMPTS_DEFAULT = 3
 _JOB_COLUMNS = (
     "uid", "workflow_id", "task_id", "name", "kind", "status", "queue", "priority", "cores", "memory_mb",
     "disk_mb", "walltime_s", "max_attempts", "attempt", "client", "command", "env", "error_code",
     "error_diag", "stdout_tail", "created_at", "updated_at", "n_unmet", "memory_multiplier", "memory_max_mb",
     "retry_unless_exit", "always",
 )  # fmt: skip
-_KINDS = ("python", "shell")
-_INT_FIELDS = ("cores", "memory_mb", "disk_mb", "priority", "max_attempts")
-_INT_MIN, _INT_MAX = -(2**31), 2**31 - 1  # the columns are 32-bit integers
-_TEXT_LIMITS = {"uid": 96, "name": 255, "task": 255, "queue": 128}  # column sizes in schema.py
-_DAG_FIELDS = ("inputs", "outputs", "parents")
-_RETRY_FIELDS = ("memory_multiplier", "memory_max_mb", "retry_unless_exit")
 _PRUNED_AT_SUBMISSION = "an input can never exist: its producer failed or was cancelled before this job came"
-_KNOWN_FIELDS = frozenset(
-    {
-        "uid",
-        "name",
-        "task",
-        "kind",
-        "buffer",
-        "command",
-        "env",
-        "walltime_s",
-        "queue",
-        *_INT_FIELDS,
-        *_DAG_FIELDS,
-        *_RETRY_FIELDS,
-        "always",
-    }
-)
 
 
 _UID_PROCESS = uuid.uuid4().hex[:12]  # tells apart uids made by several server processes
@@ -82,205 +63,85 @@ class Submitted:
     payloads: dict[int, bytes] = field(default_factory=dict)  # job id -> function buffer stored
 
 
-def _int_field(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, int):
-        return f"must be an integer, got {value!r}"
-    if not _INT_MIN <= value <= _INT_MAX:
-        return f"must be between {_INT_MIN} and {_INT_MAX}, got {value}"
-    return ""
-
-
-def _text_field(limit: int) -> Callable[[Any], str]:
-    def check(value: Any) -> str:
-        if not isinstance(value, str) or len(value) > limit:
-            return f"must be a string of at most {limit} characters"
-        return ""
-
-    return check
-
-
-def _names_field(value: Any) -> str:
-    bad = "must be a list of names (non-empty strings of at most 500 characters)"
-    if type(value) is not list:
-        return bad
-    for name in value:  # a plain loop: all() over a generator costs twice as much per name
-        if type(name) is not str or not 0 < len(name) <= 500:
-            return bad
-    return ""
-
-
-def _walltime_field(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        return f"must be a positive number of seconds, got {value!r}"
-    return ""
-
-
-def _env_field(value: Any) -> str:
-    if not isinstance(value, dict) or not all(
-        isinstance(k, str) and isinstance(v, str) for k, v in value.items()
-    ):
-        return "must map strings to strings"
-    return ""
-
-
-def _multiplier_field(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not 1 <= value <= 100:
-        return f"must be a number from 1 to 100, got {value!r}"
-    return ""
-
-
-def _memory_cap_field(value: Any) -> str:
-    if isinstance(value, bool) or not isinstance(value, int) or not 0 < value <= _INT_MAX:
-        return f"must be a positive integer (MB), got {value!r}"
-    return ""
-
-
-def _exit_codes_field(value: Any) -> str:
-    if not isinstance(value, list) or not all(isinstance(c, int) and not isinstance(c, bool) for c in value):
-        return "must be a list of exit codes (integers)"
-    return ""
-
-
-def _bool_field(value: Any) -> str:
-    if not isinstance(value, bool):
-        return f"must be true or false, got {value!r}"
-    return ""
-
-
-def _queue_field(value: Any) -> str:
-    if not isinstance(value, str):
-        return f"must be a queue name, got {value!r}"
-    return _text_field(_TEXT_LIMITS["queue"])(value)
-
-
-def _anything(value: Any) -> str:
-    return ""  # checked with the fields it depends on (kind, buffer, command)
-
-
-# One check per field, run only for the fields a job has: a million jobs of five fields each
-# cost five small calls apiece, not a pass over every field the schema knows.
-_FIELD_CHECKS: dict[str, Callable[[Any], str]] = {
-    **{key: _int_field for key in _INT_FIELDS},
-    **{key: _text_field(limit) for key, limit in _TEXT_LIMITS.items()},
-    **{key: _names_field for key in _DAG_FIELDS},
-    "queue": _queue_field,
-    "walltime_s": _walltime_field,
-    "env": _env_field,
-    "memory_multiplier": _multiplier_field,
-    "memory_max_mb": _memory_cap_field,
-    "retry_unless_exit": _exit_codes_field,
-    "always": _bool_field,
-    "kind": _anything,
-    "buffer": _anything,
-    "command": _anything,
-}
-assert set(_FIELD_CHECKS) == _KNOWN_FIELDS
-
-
-def _check_job(i: int, job: Any, broker: Broker, problems: list[str]) -> dict[str, Any] | None:
-    def refuse(why: str) -> None:
-        label = f"jobs[{i}] ({job.get('name') or job.get('uid') or 'unnamed'})"
-        problems.append(f"{label}: {why}")
-
-    if not isinstance(job, dict):
-        problems.append(f"jobs[{i}]: expected an object, got {type(job).__name__}")
+def _clean(i: int, job: Job, broker: Broker, problems: list[str]) -> dict[str, Any] | None:
+    """The stored form of a job that fits :class:`~pandaflow.spec.Job`, brokered; None if refused."""
+    kind, why = job_kind(job)
+    memory = job.memory_mb
+    cap = job.memory_max_mb
+    if not why and cap is not None and memory and cap < memory:
+        why = f"memory_max_mb ({cap}) is below memory_mb ({memory})"
+    cores = job.cores or 1
+    if not why:
+        try:
+            queue = broker.choose(memory, cores, job.walltime_s, job.queue)
+        except BrokerageError as exc:
+            why = str(exc)
+    if why:
+        problems.append(f"jobs[{i}] ({job.name or job.uid or 'unnamed'}): {why}")
         return None
-    for key, value in job.items():
-        check = _FIELD_CHECKS.get(key)
-        if check is None:
-            unknown = sorted(set(job) - _KNOWN_FIELDS)
-            refuse(f"unknown field(s) {unknown}; known: {sorted(_KNOWN_FIELDS)}")
-            return None
-        if value is not None:
-            why = check(value)
-            if why:
-                refuse(f"{key} {why}")
-                return None
-    get = job.get
-    command = get("command")
-    kind = get("kind", "shell" if "command" in job else "python")
-    if kind not in _KINDS:
-        refuse(f"kind must be one of {_KINDS}, got {kind!r}")
-        return None
-    if kind == "python" and not isinstance(get("buffer"), bytes | bytearray):
-        refuse("a python job needs 'buffer' (bytes of a parsl pack_apply_message)")
-        return None
-    if kind == "shell" and (not isinstance(command, str) or not command.strip()):
-        refuse("a shell job needs a non-empty 'command' string")
-        return None
-    cores = get("cores")
-    if cores is None:
-        cores = 1
-    elif cores < 1:
-        refuse(f"cores must be at least 1, got {cores}")
-        return None
-    memory = get("memory_mb")
-    if memory is not None and memory < 0:
-        refuse(f"memory_mb must not be negative, got {memory}")
-        return None
-    if (get("disk_mb") or 0) < 0:
-        refuse(f"disk_mb must not be negative, got {job['disk_mb']}")
-        return None
-    max_attempts = get("max_attempts")
-    if max_attempts is None:
-        max_attempts = MAX_ATTEMPTS_DEFAULT
-    elif max_attempts < 1:
-        refuse(f"max_attempts must be at least 1, got {max_attempts}")
-        return None
-    cap = get("memory_max_mb")
-    if cap is not None and memory and cap < memory:
-        refuse(f"memory_max_mb ({cap}) is below memory_mb ({memory})")
-        return None
-    walltime = get("walltime_s")
-    try:
-        queue = broker.choose(memory, cores, walltime, get("queue"))
-    except BrokerageError as exc:
-        refuse(str(exc))
-        return None
-    env = get("env")
-    multiplier = get("memory_multiplier")
-    codes = get("retry_unless_exit")
+    env = job.env
+    multiplier = job.memory_multiplier
+    codes = job.retry_unless_exit
     return {
-        "uid": get("uid") or _new_uid(),
-        "name": get("name") or "",
-        "task": get("task") or "default",
+        "uid": job.uid or _new_uid(),
+        "name": job.name or "",
+        "task": job.task or DEFAULT_TASK,
         "kind": kind,
-        "buffer": bytes(job["buffer"]) if kind == "python" else None,
-        "command": command,
+        "buffer": job.buffer if kind == "python" else None,
+        "command": job.command,
         "env": json.dumps(env) if env else None,
         "cores": cores,
         "memory_mb": memory,
-        "disk_mb": get("disk_mb"),
-        "walltime_s": walltime,
-        "priority": get("priority") or 0,
-        "max_attempts": max_attempts,
+        "disk_mb": job.disk_mb,
+        "walltime_s": job.walltime_s,
+        "priority": job.priority or 0,
+        "max_attempts": job.max_attempts or MAX_ATTEMPTS_DEFAULT,
         "queue": queue,
         "memory_multiplier": float(multiplier) if multiplier is not None else None,
         "memory_max_mb": cap,
         "retry_unless_exit": json.dumps(codes) if codes else None,
-        "always": bool(get("always")),
-        "inputs": get("inputs") or [],
-        "outputs": get("outputs") or [],
-        "parents": get("parents") or [],
+        "always": bool(job.always),
+        # An empty tuple, not a new list per job: a million empty lists cost the garbage collector
+        # more than the rest of validation (readers iterate them, none appends).
+        "inputs": job.inputs or (),
+        "outputs": job.outputs or (),
+        "parents": job.parents or (),
     }
 
 
-def validate(jobs: Sequence[Any], broker: Broker) -> list[dict[str, Any]]:
-    """Check and broker every job; raise :class:`SubmissionError` listing all problems."""
+def validate(jobs: Sequence[Job | Invalid | dict[str, Any]], broker: Broker) -> list[dict[str, Any]]:
+    """Check and broker every job; raise :class:`SubmissionError` listing all problems.
+
+    Jobs are :class:`~pandaflow.spec.Job` structs (a REST body decoded by
+    :func:`~pandaflow.spec.decode_submission`, with :class:`~pandaflow.spec.Invalid` in place of
+    the jobs that did not fit) or plain dicts (ZeroMQ submissions), checked here against the
+    same definition. Returns the jobs as :func:`store` takes them.
+    """
     if not isinstance(jobs, Sequence) or isinstance(jobs, str | bytes) or not jobs:
         raise SubmissionError(["'jobs' must be a non-empty list of job objects"])
     problems: list[str] = []
-    clean = [_check_job(i, job, broker, problems) for i, job in enumerate(jobs)]
+    clean: list[dict[str, Any]] = []
     uids: set[str] = set()
-    for i, job in enumerate(clean):
-        if job is None:
+    for i, job in enumerate(jobs):
+        if type(job) is not Job:
+            if isinstance(job, Invalid):
+                problems.append(job.problem)
+                continue
+            try:
+                job = job_from(job, f"jobs[{i}]")
+            except SpecError as exc:
+                problems.append(str(exc))
+                continue
+        out = _clean(i, job, broker, problems)
+        if out is None:
             continue
-        if job["uid"] in uids:
-            problems.append(f"jobs[{i}]: duplicate uid {job['uid']!r} in the same submission")
-        uids.add(job["uid"])
+        if out["uid"] in uids:
+            problems.append(f"jobs[{i}]: duplicate uid {out['uid']!r} in the same submission")
+        uids.add(out["uid"])
+        clean.append(out)
     if problems:
         raise SubmissionError(problems)
-    return clean  # type: ignore[return-value]
+    return clean
 
 
 def _initial_status(unmet: int) -> str:

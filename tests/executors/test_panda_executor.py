@@ -24,6 +24,8 @@ EVERY_KEY = {
     "priority": 7,
     "queue": "local",
     "max_attempts": 2,
+    "memory_multiplier": 1.5,
+    "memory_max": 3000,
 }
 
 
@@ -53,6 +55,7 @@ def test_every_allowed_resource_key_is_accepted_and_recorded_on_the_job(embedded
         1, 2000, 100, 7, "local", 2
     )  # fmt: skip
     assert job.walltime_s == pytest.approx(300.0)
+    assert (job.memory_multiplier, job.memory_max_mb) == (1.5, 3000)
 
 
 def test_an_unknown_resource_key_is_refused_by_submit_itself(started):
@@ -82,6 +85,9 @@ def test_an_unknown_resource_key_fails_the_app_future(embedded):
         {"running_time_min": 0},
         {"running_time_min": False},
         {"queue": 3},
+        {"memory_multiplier": 0.5},
+        {"memory_multiplier": "2"},
+        {"memory_max": 0},
     ],
     ids=repr,
 )

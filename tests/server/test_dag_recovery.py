@@ -130,7 +130,8 @@ def test_a_job_reading_a_product_that_went_missing_is_stored_pruned(workload, ap
 
 def test_always_must_be_a_boolean(api):
     reply = api.post("/api/v1/workflows", json={"name": "w", "jobs": [{"command": "true", "always": "yes"}]})
-    assert reply.status_code == 400 and "always must be true or false" in reply.json["error"]
+    assert reply.status_code == 400
+    assert "jobs[0].always: expected true or false, got 'yes'" in reply.json["error"]
 
 
 def test_a_piece_stored_while_its_producer_finishes_is_released(workload, engine, monkeypatch):

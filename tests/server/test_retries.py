@@ -151,9 +151,10 @@ def test_a_retried_job_waits_without_the_times_of_its_failed_attempt(farm):
 
 @pytest.mark.parametrize(
     "field,message",
-    [({"memory_multiplier": 0.5}, "memory_multiplier must be a number from 1"),
+    [({"memory_multiplier": 0.5}, "memory_multiplier: expected a number from 1 to 100, got 0.5"),
      ({"memory_mb": 5000, "memory_max_mb": 4000}, "is below memory_mb"),
-     ({"retry_unless_exit": ["3"]}, "retry_unless_exit must be a list of exit codes")],
+     ({"retry_unless_exit": ["3"]}, r"retry_unless_exit\[0\]: expected an integer, got '3'"),
+     ({"retry_unless_exit": 3}, r"retry_unless_exit: expected a list of exit codes \(integers\), got 3")],
 )  # fmt: skip
 def test_bad_retry_settings_are_refused(farm, field, message):
     with pytest.raises(submission.SubmissionError, match=message):

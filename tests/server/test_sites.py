@@ -253,7 +253,10 @@ def test_jobs_appended_in_small_pieces_follow_the_workflows_shares(api, engine):
     [
         ({"site": "Mars"}, "unknown site 'Mars'"),
         ({"sites": {"FrDF": 0.5}, "site": "USDF"}, "not both"),
-        ({"sites": {"FrDF": "lots"}}, "must be a positive number"),
+        ({"sites": {"FrDF": "lots"}}, "sites.FrDF: expected a share (a number from 0.000001 to 1000000)"),
+        ({"sites": {"FrDF": 1e300, "USDF": 1e300}}, "sites.FrDF: expected a share (a number from 0.000001"),
+        ({"sites": {}}, "sites: expected a mapping of site names to shares (e.g. FrDF: 0.5), got an empty"),
+        ({"site": None}, "site: expected the name of a site, got null"),
     ],
 )
 def test_a_bad_site_policy_is_a_400_and_stores_nothing(api, engine, extra, message):

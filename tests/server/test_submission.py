@@ -58,12 +58,18 @@ def test_one_bad_job_refuses_the_whole_batch_and_names_it(engine, broker):
 @pytest.mark.parametrize(
     "job,message",
     [
-        ({"command": ""}, "non-empty 'command'"),
-        ({"command": "x", "cores": 0}, "cores must be at least 1"),
-        ({"command": "x", "cores": "2"}, "cores must be an integer"),
-        ({"command": "x", "walltime_s": -1}, "walltime_s"),
-        ({"command": "x", "env": {"A": 1}}, "env must map strings"),
-        ({"command": "x", "colour": 1}, "unknown field"),
+        ({"command": ""}, r"jobs\[0\].command: expected a non-empty command string, got ''"),
+        ({"command": "x", "cores": 0}, r"jobs\[0\].cores: expected an integer of at least 1, got 0"),
+        ({"command": "x", "cores": "2"}, r"jobs\[0\].cores: expected an integer of at least 1, got '2'"),
+        ({"command": "x", "cores": 2.5}, r"jobs\[0\].cores: expected an integer of at least 1, got 2.5"),
+        ({"command": "x", "cores": 2**31}, "cores: expected an integer from 1 to 2147483647, got 2147483648"),
+        ({"command": "x", "walltime_s": -1}, "walltime_s: expected a positive number of seconds, got -1"),
+        ({"command": "x", "env": {"A": 1}}, r"jobs\[0\].env.A: expected a string, got 1"),
+        ({"command": "x", "colour": 1}, r"jobs\[0\].colour: unknown field; known fields: command, env"),
+        ({"kind": "shell"}, "a shell job needs a non-empty 'command' string"),
+        ({"kind": "python", "command": "x"}, "a python job needs 'buffer'"),
+        ({"command": "x", "kind": "java"}, r"kind: expected one of 'shell', 'python', got 'java'"),
+        ({"command": "x", "inputs": "raw"}, r"inputs: expected a list of names .*, got 'raw'"),
     ],
 )
 def test_field_errors_say_what_is_wrong(broker, job, message):
