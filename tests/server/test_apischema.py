@@ -24,7 +24,8 @@ def busy(engine, workload):
     pilot = workload.pilot()
     workload.dispatch(pilot, n=3)
     workload.report(ids[0], ok=True, log=b"ok\n", memory_samples=[(1.0, 2.0, 3.0)])
-    workload.report(ids[1], ok=False, error_code=int(ErrorCode.OUT_OF_MEMORY), error_diag="rss", stdout_tail="t")
+    oom = int(ErrorCode.OUT_OF_MEMORY)
+    workload.report(ids[1], ok=False, error_code=oom, error_diag="rss", stdout_tail="t")
     now = time.time()
     with engine.begin() as conn:
         control.cancel(conn, now, job_ids=[ids[2]])
