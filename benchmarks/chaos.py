@@ -250,7 +250,7 @@ def run(
     from sqlalchemy import create_engine, func, select
 
     from pandaflow.executors import PandaExecutor
-    from pandaflow.server import schema as s
+    from pandaflow.server.store import schema as s
 
     rng = random.Random(seed)
     workdir.mkdir(parents=True, exist_ok=True)

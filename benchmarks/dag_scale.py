@@ -187,9 +187,10 @@ def release(server: ServerProcess, wid: int) -> tuple[int, int, float]:
     from sqlalchemy import func, select
 
     from pandaflow import protocol
-    from pandaflow.server import assignment, completion, pilots
-    from pandaflow.server import schema as s
-    from pandaflow.server.db import open_database
+    from pandaflow.server.dispatch import assignment, completion
+    from pandaflow.server.jobs import pilots
+    from pandaflow.server.store import schema as s
+    from pandaflow.server.store.db import open_database
 
     engine = open_database(server.db, migrate=False)
     with engine.begin() as conn:

@@ -75,8 +75,8 @@ def run_one(kind: str, evaluations: int, inflight: int, seconds: float) -> dict:
     if kind == "panda":
         from sqlalchemy import func, select
 
-        from pandaflow.server import schema as s
-        from pandaflow.server.db import open_database
+        from pandaflow.server.store import schema as s
+        from pandaflow.server.store.db import open_database
 
         engine = open_database(db_url, migrate=False)
         with engine.connect() as conn:

@@ -26,9 +26,9 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from dag_scale import graph  # noqa: E402
 
 from pandaflow import spec  # noqa: E402
-from pandaflow.server import submission  # noqa: E402
-from pandaflow.server.broker import Broker  # noqa: E402
-from pandaflow.server.queues import parse_queues  # noqa: E402
+from pandaflow.server.jobs import submission  # noqa: E402
+from pandaflow.server.jobs.broker import Broker  # noqa: E402
+from pandaflow.server.jobs.queues import parse_queues  # noqa: E402
 
 
 def best(fn, repeat: int) -> float:

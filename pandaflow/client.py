@@ -1,7 +1,7 @@
 """A small REST client of the pandaflow job server (``/api/v1``), used by the CLI and bps, and
 :func:`discover`, how pilots, harvesters and executors find the server's ZeroMQ endpoint.
 
-Read methods are named and shaped like the functions of :mod:`pandaflow.server.queries` (minus
+Read methods are named and shaped like the functions of :mod:`pandaflow.server.front.queries` (minus
 the connection) and return the same dicts, so a caller can read from a server or straight from
 a database with the same code. Every failure raises :class:`ClientError` with the server's own
 message, or with what to do when the server cannot be reached.
@@ -160,7 +160,7 @@ class Client:
         Jobs may carry ``inputs``/``outputs``/``parents``; ``available`` names data products that
         exist already (see :mod:`pandaflow.dagfile` for the whole DAG file format). ``sites``
         spreads the jobs over sites by share (``{"FrDF": 0.5, "USDF": 0.5}``), ``site`` pins them
-        to one (see :mod:`pandaflow.server.sites`).
+        to one (see :mod:`pandaflow.server.jobs.sites`).
         """
         body: dict[str, Any] = {"name": name, "jobs": jobs}
         if owner is not None:

@@ -7,7 +7,7 @@ is described in ``docs/dag.md``.
 
 :func:`load` reads and validates a file once, with errors that name the file and the key path
 (``dag.yaml: jobs[3].inputs: expected a list of names``), checks the graph itself with the
-server's own rules (:func:`pandaflow.server.dag.check`: duplicate names, unknown parents, two
+server's own rules (:func:`pandaflow.server.jobs.dag.check`: duplicate names, unknown parents, two
 writers, inputs nobody writes, cycles), expands the task defaults into every job and returns
 a :class:`DagFile` whose :attr:`~DagFile.body` is what ``POST /api/v1/workflows`` takes.
 """
@@ -23,7 +23,7 @@ from typing import Any
 
 from pandaflow import clustering, spec
 from pandaflow.problems import check_value, describe, field_problems, field_type, show
-from pandaflow.server import dag
+from pandaflow.server.jobs import dag
 
 #: Keys of a task's defaults (:class:`pandaflow.spec.JobDefaults`); every one may be overridden per job.
 TASK_KEYS = spec.JobDefaults.__struct_fields__

@@ -145,8 +145,8 @@ def _print_server_summary(db_url: str) -> int:
     """Print what the server recorded; return a job worth looking at (retried, else the first)."""
     from sqlalchemy import func, select
 
-    from pandaflow.server import schema as s
-    from pandaflow.server.db import open_database
+    from pandaflow.server.store import schema as s
+    from pandaflow.server.store.db import open_database
 
     engine = open_database(db_url, migrate=False)
     with engine.connect() as conn:

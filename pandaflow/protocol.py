@@ -51,7 +51,7 @@ class _ToServer(_Message, kw_only=True):
 
 class Want(msgspec.Struct, kw_only=True, omit_defaults=True):
     """What a pilot asks for: ``n`` jobs, ``free`` of which would start at once (the rest is
-    prefetch, see :mod:`pandaflow.server.dispatcher`), fitting ``cores`` and ``memory_mb``."""
+    prefetch, see :mod:`pandaflow.server.dispatch.dispatcher`), fitting ``cores`` and ``memory_mb``."""
 
     n: Count = 0
     free: Count = 0

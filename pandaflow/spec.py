@@ -252,7 +252,7 @@ def _runs(kind: str, needs: str) -> dict[str, Any]:
 
 
 #: What the structs' types cannot say, for the OpenAPI document (the same rules as :func:`job_kind`
-#: and :func:`pandaflow.server.sites.parse`), merged into each struct's schema. Written as flat
+#: and :func:`pandaflow.server.jobs.sites.parse`), merged into each struct's schema. Written as flat
 #: alternatives (no if/then/not) that say the same: schema-driven generators handle them fast.
 SCHEMA_RULES: dict[str, dict[str, Any]] = {
     # python (given, or implied without 'command') needs 'buffer'; shell (given, or implied) 'command'
@@ -318,7 +318,7 @@ def decode_submission[R: (SubmitRequest, AppendRequest)](raw: bytes, kind: type[
     """A submission body decoded straight into ``kind``.
 
     A job that does not fit becomes an :class:`Invalid` in ``jobs`` (every bad job is listed,
-    with each of its bad fields, when :func:`pandaflow.server.submission.validate` refuses the
+    with each of its bad fields, when :func:`pandaflow.server.jobs.submission.validate` refuses the
     batch); any other problem raises :class:`BodyError`.
     """
     refuse_nul(raw)

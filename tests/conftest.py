@@ -9,9 +9,9 @@ from support.processes import ProcessTag
 from support.workload import TEST_QUEUES, Workload
 
 from pandaflow.server.app import ServerState, create_app, sync_queues
-from pandaflow.server.broker import Broker
-from pandaflow.server.db import open_database
-from pandaflow.server.queues import parse_queues
+from pandaflow.server.jobs.broker import Broker
+from pandaflow.server.jobs.queues import parse_queues
+from pandaflow.server.store.db import open_database
 
 TOKEN = "t"
 

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from pandaflow.server import states
+from pandaflow.server.jobs import states
 
 DOC = (Path(__file__).resolve().parent.parent / "docs" / "jobs.md").read_text()
 

@@ -30,8 +30,8 @@ from pandaflow import config as pf_config
 from pandaflow.bps import local
 from pandaflow.bps.workflow import PandaflowWorkflow, final_job_problem
 from pandaflow.client import Client, ClientError
-from pandaflow.server.queries import BPS_RUN_STATES
-from pandaflow.server.states import EXTERNAL_NAMES
+from pandaflow.server.front.queries import BPS_RUN_STATES
+from pandaflow.server.jobs.states import EXTERNAL_NAMES
 
 _LOG = logging.getLogger(__name__)
 

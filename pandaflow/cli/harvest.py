@@ -97,7 +97,7 @@ def harvester(db_url, server_url, zmq_endpoint, token_file, workdir, name, inter
 
     from pandaflow.client import ClientError, discover
     from pandaflow.harvester import Harvester, HarvesterConfig
-    from pandaflow.server.queues import QueueConfigError, load_queues
+    from pandaflow.server.jobs.queues import QueueConfigError, load_queues
 
     setup_logging(verbose)
     engine = open_database(_harvest_db(db_url))

@@ -214,7 +214,7 @@ def errors(workflow_id: int | None) -> None:
 @with_json
 def errorcodes() -> None:
     """List the error codes of failed attempts and what each means (no server needed)."""
-    from pandaflow.server.queries import error_codes
+    from pandaflow.server.front.queries import error_codes
 
     data = {"error_codes": error_codes()}
     rows = [[e["code"], e["name"], e["retryable"], e["description"]] for e in data["error_codes"]]

@@ -42,8 +42,8 @@ def server(db_url, host, port, zmq_port, queues_file, token_file, heartbeat_inte
            info_file, exit_with, verbose) -> None:  # fmt: skip
     """Run the job server (REST API + ZeroMQ dispatcher)."""
     from pandaflow.server.app import Server, ServerConfig
-    from pandaflow.server.db import DatabaseError
-    from pandaflow.server.queues import QueueConfigError
+    from pandaflow.server.jobs.queues import QueueConfigError
+    from pandaflow.server.store.db import DatabaseError
 
     setup_logging(verbose)
     home = pf_config.home()

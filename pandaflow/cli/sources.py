@@ -23,7 +23,7 @@ def open_database(url: str) -> Engine:
 
     from sqlalchemy.exc import SQLAlchemyError
 
-    from pandaflow.server.db import DatabaseError, is_current, make_engine, sqlite_url
+    from pandaflow.server.store.db import DatabaseError, is_current, make_engine, sqlite_url
 
     if "://" not in url:
         url = sqlite_url(url)  # a bare path names a SQLite file
@@ -82,7 +82,7 @@ def read(query: str, /, **kwargs: Any) -> Any:
     db_url = settings().db_url
     if not db_url:
         return remote(lambda client: getattr(client, query)(**kwargs))
-    from pandaflow.server import queries
+    from pandaflow.server.front import queries
 
     engine = open_database(db_url)
     try:

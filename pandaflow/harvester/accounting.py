@@ -14,7 +14,7 @@ Supply, without counting anything twice:
   offers all of ``cores``: it will soon ask for work;
 * a live worker whose pilot already left (exited, lost) offers nothing: it is on its way out.
 
-On push queues the jobs reserved for a worker (:mod:`pandaflow.server.push`) are neither demand
+On push queues the jobs reserved for a worker (:mod:`pandaflow.server.dispatch.push`) are neither demand
 (they are no longer ready) nor supply: a worker's slots count minus the cores reserved for it.
 """
 
@@ -25,8 +25,9 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection
 
 from pandaflow.harvester import workers as w
-from pandaflow.server import demand, push
-from pandaflow.server.demand import PilotView
+from pandaflow.server.dispatch import push
+from pandaflow.server.jobs import demand
+from pandaflow.server.jobs.demand import PilotView
 
 
 @dataclass(slots=True)

@@ -7,7 +7,7 @@ import sys
 from dataclasses import dataclass, field
 
 from pandaflow import config as pf_config
-from pandaflow.server.queues import Queue
+from pandaflow.server.jobs.queues import Queue
 
 
 @dataclass

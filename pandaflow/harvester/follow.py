@@ -20,8 +20,8 @@ from pandaflow import providers
 from pandaflow.harvester import policy
 from pandaflow.harvester import workers as w
 from pandaflow.harvester.provision import forget
-from pandaflow.server import pilots as pilot_registry
-from pandaflow.server.queues import Queue
+from pandaflow.server.jobs import pilots as pilot_registry
+from pandaflow.server.jobs.queues import Queue
 
 _TAIL = 1500  # characters of a failed job's stderr kept in the worker's error
 

@@ -13,7 +13,7 @@ database while a provider works):
    provider (:mod:`pandaflow.harvester.provision`). Each submission is a row first (its id is
    the pilot's ``--worker-id``), then ``provider.submit(command, tasks_per_node=1, job_name=...)``;
    on a push queue the row's transaction also reserves the ready jobs the worker will run
-   (:mod:`pandaflow.server.push`);
+   (:mod:`pandaflow.server.dispatch.push`);
 4. **record** what it saw and did (:mod:`pandaflow.harvester.report`) in ``harvester_queues``
    (shown by ``pandaflow workers``).
 
@@ -41,7 +41,7 @@ from pandaflow.harvester import workers as w
 from pandaflow.harvester.config import HarvesterConfig
 from pandaflow.harvester.follow import follow_workers
 from pandaflow.harvester.report import QueueReport, action_text, say
-from pandaflow.server.queues import Queue, QueueConfigError, parse_queues, stored_descriptions
+from pandaflow.server.jobs.queues import Queue, QueueConfigError, parse_queues, stored_descriptions
 
 log = logging.getLogger(__name__)
 

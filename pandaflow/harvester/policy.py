@@ -20,12 +20,12 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pandaflow.harvester.accounting import Snapshot
-from pandaflow.server.queues import Queue
+from pandaflow.server.jobs.queues import Queue
 
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    """A queue's harvester keys, defaults applied (see :mod:`pandaflow.server.queues`)."""
+    """A queue's harvester keys, defaults applied (see :mod:`pandaflow.server.jobs.queues`)."""
 
     min_workers: int = 0
     max_workers: int = 1

@@ -15,8 +15,8 @@ from pandaflow import providers
 from pandaflow.harvester import policy
 from pandaflow.harvester import workers as w
 from pandaflow.harvester.report import QueueReport, say
-from pandaflow.server import push
-from pandaflow.server.queues import Queue
+from pandaflow.server.dispatch import push
+from pandaflow.server.jobs.queues import Queue
 
 log = logging.getLogger(__name__)
 

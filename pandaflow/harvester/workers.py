@@ -14,10 +14,10 @@
 ``missing``    it ended, or ran too long, without its pilot ever registering: the pilot died on
                the way (bad environment, no route to the server); ``error`` holds what is known
 
-A pilot that registers late revives a ``missing`` worker (``pandaflow.server.pilots``). Every
+A pilot that registers late revives a ``missing`` worker (``pandaflow.server.jobs.pilots``). Every
 state change here is conditional on the state it leaves, so the harvester and the dispatcher
 (which links pilots to workers) cannot undo each other's writes. A worker that ends gives the
-jobs still reserved for it (push queues, :mod:`pandaflow.server.push`) back to its queue, in the
+jobs still reserved for it (push queues, :mod:`pandaflow.server.dispatch.push`) back to its queue, in the
 same transaction.
 """
 
@@ -28,8 +28,8 @@ from typing import Any
 
 from sqlalchemy import Connection, func, insert, select, update
 
-from pandaflow.server import push
-from pandaflow.server import schema as s
+from pandaflow.server.dispatch import push
+from pandaflow.server.store import schema as s
 
 SUBMITTED = "submitted"
 RUNNING = "running"

@@ -16,11 +16,11 @@ from flask import Flask
 from sqlalchemy import Engine, delete, insert
 
 from pandaflow import config as pf_config
-from pandaflow.server import schema as s
-from pandaflow.server.broker import Broker
-from pandaflow.server.db import open_database
-from pandaflow.server.dispatcher import Dispatcher
-from pandaflow.server.queues import Queue, default_queue_file, load_queues
+from pandaflow.server.dispatch.dispatcher import Dispatcher
+from pandaflow.server.jobs.broker import Broker
+from pandaflow.server.jobs.queues import Queue, default_queue_file, load_queues
+from pandaflow.server.store import schema as s
+from pandaflow.server.store.db import open_database
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +80,7 @@ def sync_queues(engine: Engine, queues: list[Queue]) -> None:
 
 def create_app(state: ServerState) -> Flask:
     """Flask app factory: the REST API blueprint (and the monitor when present)."""
-    from pandaflow.server.api import api
+    from pandaflow.server.front.api import api
 
     app = Flask("pandaflow")
     app.extensions["pandaflow"] = state

@@ -9,7 +9,7 @@ from support.processes import pythonpath
 from support.waiting import connected
 
 from pandaflow.executors import PandaExecutor
-from pandaflow.server.db import make_engine
+from pandaflow.server.store.db import make_engine
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from support.waiting import wait_until
 
 from pandaflow.executors import SubmissionRefused
-from pandaflow.server import schema as s
+from pandaflow.server.store import schema as s
 
 RESULT_TIMEOUT = 120
 

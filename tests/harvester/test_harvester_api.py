@@ -11,9 +11,9 @@ from support.servers import local_server
 
 from pandaflow.cli import main
 from pandaflow.harvester import workers as w
-from pandaflow.server import pilots
 from pandaflow.server.app import sync_queues
-from pandaflow.server.queues import parse_queues
+from pandaflow.server.jobs import pilots
+from pandaflow.server.jobs.queues import parse_queues
 
 PREFIX = "/api/v1"
 

@@ -8,8 +8,8 @@ from support.harvest import queue_set
 from support.servers import serving
 
 from pandaflow.cli import main
-from pandaflow.server import submission
-from pandaflow.server.db import open_database
+from pandaflow.server.jobs import submission
+from pandaflow.server.store.db import open_database
 
 
 @pytest.fixture

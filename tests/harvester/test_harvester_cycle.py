@@ -12,9 +12,11 @@ from support.lookups import worker_row
 from pandaflow.harvester import accounting
 from pandaflow.harvester import workers as w
 from pandaflow.harvester.policy import Limits
-from pandaflow.server import assignment, pilots, queries, submission
-from pandaflow.server import schema as s
-from pandaflow.server.db import open_database
+from pandaflow.server.dispatch import assignment
+from pandaflow.server.front import queries
+from pandaflow.server.jobs import pilots, submission
+from pandaflow.server.store import schema as s
+from pandaflow.server.store.db import open_database
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ from support.waiting import wait_until
 
 from pandaflow.client import Client
 from pandaflow.harvester import Harvester, HarvesterConfig
-from pandaflow.server import schema as s
+from pandaflow.server.store import schema as s
 
 TOKEN = "push-token"
 
@@ -191,7 +191,7 @@ def test_a_reservation_survives_a_server_restart_and_no_other_pilot_takes_it(
 def new_worker(server, reserve=0):
     """A worker row of the push queue, with ``reserve`` ready jobs reserved for it; returns its id."""
     from pandaflow.harvester import workers as w
-    from pandaflow.server import push
+    from pandaflow.server.dispatch import push
 
     with server.engine.begin() as conn:
         worker = w.create(

@@ -14,9 +14,11 @@ from pandaflow.errorcodes import ErrorCode
 from pandaflow.harvester import accounting
 from pandaflow.harvester import workers as w
 from pandaflow.harvester.policy import Limits
-from pandaflow.server import assignment, completion, control, push, queries
-from pandaflow.server import schema as s
-from pandaflow.server.db import open_database
+from pandaflow.server.dispatch import assignment, completion, push
+from pandaflow.server.front import queries
+from pandaflow.server.jobs import control
+from pandaflow.server.store import schema as s
+from pandaflow.server.store.db import open_database
 
 
 @pytest.fixture
@@ -247,7 +249,7 @@ def test_going_down_to_0005_gives_reserved_jobs_back_to_any_pilot(engine, tmp_pa
     from alembic import command
     from sqlalchemy import inspect
 
-    from pandaflow.server.db import _alembic_config
+    from pandaflow.server.store.db import _alembic_config
 
     queues, broker = queue_set(engine, push_queue(max_workers=1))
     submit_jobs(engine, broker, 2)

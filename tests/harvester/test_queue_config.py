@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from pandaflow import providers
-from pandaflow.server.queues import QueueConfigError, load_queues, overlap_warnings, parse_queues
+from pandaflow.server.jobs.queues import QueueConfigError, load_queues, overlap_warnings, parse_queues
 
 QUEUE_DIR = Path(__file__).resolve().parents[2] / "pandaflow" / "configs" / "queues"
 GB = 1024
@@ -152,7 +152,7 @@ def test_overlapping_ranges_with_brokerage_on_warn_but_load(caplog):
         {"name": "d", "site": "T", "max_memory_mb": 8000},  # another site: fine
         {"name": "e", "site": "S", "min_memory_mb": 8000, "max_memory_mb": 9000},  # touches b: fine
     ]
-    with caplog.at_level(logging.WARNING, logger="pandaflow.server.queues"):
+    with caplog.at_level(logging.WARNING, logger="pandaflow.server.jobs.queues"):
         loaded = parse_queues(queues, "f.json")
     assert [q.name for q in loaded] == ["a", "b", "c", "d", "e"]
     warnings = overlap_warnings(loaded, "f.json")

@@ -3,8 +3,8 @@
 from pandaflow.harvester import workers as w
 from pandaflow.harvester.accounting import Snapshot
 from pandaflow.harvester.policy import Limits, decide
-from pandaflow.server.demand import PilotView
-from pandaflow.server.queues import parse_queues
+from pandaflow.server.jobs.demand import PilotView
+from pandaflow.server.jobs.queues import parse_queues
 
 ME = "harvester-1"
 

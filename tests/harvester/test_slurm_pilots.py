@@ -12,7 +12,7 @@ from support.servers import local_server
 from support.waiting import wait_until
 
 from pandaflow.client import Client
-from pandaflow.server import schema as s
+from pandaflow.server.store import schema as s
 
 TOKEN = "slurm-token"
 

@@ -10,9 +10,10 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, select
 
 from pandaflow.harvester import workers as w
-from pandaflow.server import pilots, queries
-from pandaflow.server import schema as s
-from pandaflow.server.db import _alembic_config, open_database
+from pandaflow.server.front import queries
+from pandaflow.server.jobs import pilots
+from pandaflow.server.store import schema as s
+from pandaflow.server.store.db import _alembic_config, open_database
 
 
 @pytest.fixture

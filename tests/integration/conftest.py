@@ -16,7 +16,7 @@ from support.processes import PilotProcess, ServerProcess, heartbeating, pythonp
 from support.waiting import connected, wait_until
 
 from pandaflow.executors import PandaExecutor
-from pandaflow.server.db import make_engine
+from pandaflow.server.store.db import make_engine
 
 
 @pytest.fixture(params=BOTH)

@@ -14,8 +14,8 @@ from support.waiting import connected, wait_until
 
 from pandaflow.errorcodes import ErrorCode
 from pandaflow.executors import PandaExecutor
-from pandaflow.server import schema as s
-from pandaflow.server.db import make_engine
+from pandaflow.server.store import schema as s
+from pandaflow.server.store.db import make_engine
 
 RESULT_TIMEOUT = 180  # seconds a future gets after a crash (retries wait for heartbeat timeouts)
 

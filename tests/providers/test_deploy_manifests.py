@@ -12,7 +12,7 @@ from support.kube_api import FakeKubeApi, write_kubeconfig
 
 from pandaflow.cli import main as cli
 from pandaflow.providers.kubernetes import KubernetesProvider
-from pandaflow.server.queues import load_queues, parse_queues
+from pandaflow.server.jobs.queues import load_queues, parse_queues
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy" / "kubernetes"

@@ -17,12 +17,12 @@ from test_globus_compute_loopback import LoopbackExecutor, endpoint_engine  # no
 
 from pandaflow.harvester import Harvester, HarvesterConfig, policy  # noqa: E402
 from pandaflow.harvester import workers as w  # noqa: E402
-from pandaflow.server import pilots, submission  # noqa: E402
-from pandaflow.server import schema as s  # noqa: E402
 from pandaflow.server.app import sync_queues  # noqa: E402
-from pandaflow.server.broker import Broker  # noqa: E402
-from pandaflow.server.db import open_database  # noqa: E402
-from pandaflow.server.queues import parse_queues  # noqa: E402
+from pandaflow.server.jobs import pilots, submission  # noqa: E402
+from pandaflow.server.jobs.broker import Broker  # noqa: E402
+from pandaflow.server.jobs.queues import parse_queues  # noqa: E402
+from pandaflow.server.store import schema as s  # noqa: E402
+from pandaflow.server.store.db import open_database  # noqa: E402
 
 QUEUE = "HPC_MILANO"
 ENDPOINT_ID = "5f7b0d4e-1a2b-4c3d-8e9f-0a1b2c3d4e5f"

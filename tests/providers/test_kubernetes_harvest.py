@@ -8,12 +8,12 @@ from sqlalchemy import select
 
 from pandaflow.harvester import Harvester, HarvesterConfig
 from pandaflow.harvester import workers as w
-from pandaflow.server import pilots, submission
-from pandaflow.server import schema as s
 from pandaflow.server.app import sync_queues
-from pandaflow.server.broker import Broker
-from pandaflow.server.db import open_database
-from pandaflow.server.queues import parse_queues
+from pandaflow.server.jobs import pilots, submission
+from pandaflow.server.jobs.broker import Broker
+from pandaflow.server.jobs.queues import parse_queues
+from pandaflow.server.store import schema as s
+from pandaflow.server.store.db import open_database
 
 
 @pytest.fixture

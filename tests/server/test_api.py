@@ -5,8 +5,8 @@ import pytest
 from sqlalchemy import func, select
 
 from pandaflow.errorcodes import ErrorCode
-from pandaflow.server import queries
-from pandaflow.server import schema as s
+from pandaflow.server.front import queries
+from pandaflow.server.store import schema as s
 
 PREFIX = "/api/v1"
 

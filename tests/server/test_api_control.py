@@ -2,7 +2,7 @@
 
 from sqlalchemy import select
 
-from pandaflow.server import schema as s
+from pandaflow.server.store import schema as s
 
 PREFIX = "/api/v1"
 

@@ -8,8 +8,9 @@ import pytest
 
 from pandaflow.errorcodes import ErrorCode
 from pandaflow.harvester import workers as w
-from pandaflow.server import apischema as a
-from pandaflow.server import control, pilots, queries
+from pandaflow.server.front import apischema as a
+from pandaflow.server.front import queries
+from pandaflow.server.jobs import control, pilots
 
 
 def described(data, struct) -> bool:

@@ -3,7 +3,7 @@
 import gc
 import threading
 
-from pandaflow.server import collector
+from pandaflow.server.front import collector
 
 
 def test_the_collector_is_off_inside_and_back_on_after():

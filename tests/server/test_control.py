@@ -4,8 +4,9 @@ import pytest
 from sqlalchemy import select
 from support.databases import BOTH, database_url
 
-from pandaflow.server import assignment, control, states
-from pandaflow.server import schema as s
+from pandaflow.server.dispatch import assignment
+from pandaflow.server.jobs import control, states
+from pandaflow.server.store import schema as s
 
 
 @pytest.fixture(params=BOTH)
@@ -165,7 +166,7 @@ def test_every_change_is_in_the_job_history(workload, engine):
 
 
 def test_a_dispatched_job_given_back_is_ready_with_its_attempt_returned(workload, engine):
-    from pandaflow.server import completion
+    from pandaflow.server.dispatch import completion
 
     (r,) = workload.submit([{"name": "r"}])
     pilot = workload.pilot()
@@ -178,7 +179,7 @@ def test_a_dispatched_job_given_back_is_ready_with_its_attempt_returned(workload
 
 
 def test_a_job_given_back_too_often_spends_its_attempt(workload, engine):
-    from pandaflow.server import completion
+    from pandaflow.server.dispatch import completion
 
     (r,) = workload.submit([{"name": "r", "max_attempts": 1}])
     pilot = workload.pilot()

@@ -3,8 +3,8 @@
 import pytest
 from sqlalchemy import func, select
 
-from pandaflow.server import schema as s
-from pandaflow.server.submission import SubmissionError
+from pandaflow.server.jobs.submission import SubmissionError
+from pandaflow.server.store import schema as s
 
 SMALL = "small"
 
@@ -36,8 +36,8 @@ def test_parents_are_dependencies_without_named_products(workload):
 
 
 def test_inputs_declared_available_do_not_hold_a_job(engine, queues):
-    from pandaflow.server.broker import Broker
-    from pandaflow.server.submission import WorkflowBook, store, validate
+    from pandaflow.server.jobs.broker import Broker
+    from pandaflow.server.jobs.submission import WorkflowBook, store, validate
 
     clean = validate([{"name": "isr", "command": "true", "inputs": ["raw-1"]}], Broker(queues))
     with engine.begin() as conn:
@@ -67,7 +67,7 @@ def test_a_failed_attempt_that_will_be_retried_prunes_nothing(workload):
 
 
 def test_cancelling_a_producer_prunes_its_consumers(workload, engine):
-    from pandaflow.server import control
+    from pandaflow.server.jobs import control
 
     a, b = workload.submit([{"name": "a", "outputs": ["x"]}, {"name": "b", "inputs": ["x"]}])
     with engine.begin() as conn:
@@ -131,7 +131,7 @@ def test_the_rest_api_refuses_a_cycle_with_400(api):
 
 def test_a_product_declared_available_cannot_also_be_written(workload, engine):
     with pytest.raises(SubmissionError, match="declared available but job 'a' writes it"):
-        from pandaflow.server.submission import WorkflowBook, store, validate
+        from pandaflow.server.jobs.submission import WorkflowBook, store, validate
 
         clean = validate([{"name": "a", "command": "true", "outputs": ["raw"]}], workload.broker)
         with engine.begin() as conn:

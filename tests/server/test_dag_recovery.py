@@ -5,8 +5,8 @@ import pytest
 from sqlalchemy import select
 from support.databases import BOTH, database_url
 
-from pandaflow.server import control
-from pandaflow.server import schema as s
+from pandaflow.server.jobs import control
+from pandaflow.server.store import schema as s
 
 SMALL = "small"
 
@@ -140,8 +140,8 @@ def test_a_piece_stored_while_its_producer_finishes_is_released(workload, engine
     import threading
     import time
 
-    from pandaflow.server import dag
-    from pandaflow.server.submission import WorkflowBook, store, validate
+    from pandaflow.server.jobs import dag
+    from pandaflow.server.jobs.submission import WorkflowBook, store, validate
 
     (a,) = workload.submit([{"name": "a", "outputs": ["x"]}])
     pilot = workload.pilot()

@@ -4,9 +4,9 @@ import sqlite3
 
 from sqlalchemy import inspect
 
-from pandaflow.server import schema as s
-from pandaflow.server.assignment import _SELECT_READY
-from pandaflow.server.db import open_database
+from pandaflow.server.dispatch.assignment import _SELECT_READY
+from pandaflow.server.store import schema as s
+from pandaflow.server.store.db import open_database
 
 
 def test_the_migrations_build_every_table_and_column_of_the_schema(tmp_path):

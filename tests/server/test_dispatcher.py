@@ -10,8 +10,8 @@ from support.servers import serving
 
 from pandaflow import protocol
 from pandaflow.errorcodes import ErrorCode
-from pandaflow.server import schema as s
-from pandaflow.server import states
+from pandaflow.server.jobs import states
+from pandaflow.server.store import schema as s
 
 TOKEN = "secret-token"
 

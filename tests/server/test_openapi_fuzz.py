@@ -29,9 +29,9 @@ from schemathesis.specs.openapi import checks as openapi_checks  # noqa: E402
 
 from pandaflow.errorcodes import ErrorCode  # noqa: E402
 from pandaflow.harvester import workers as w  # noqa: E402
-from pandaflow.server import pilots  # noqa: E402
 from pandaflow.server.app import sync_queues  # noqa: E402
-from pandaflow.server.queues import parse_queues  # noqa: E402
+from pandaflow.server.jobs import pilots  # noqa: E402
+from pandaflow.server.jobs.queues import parse_queues  # noqa: E402
 
 experimental.OPEN_API_3_1.enable()  # the document is OpenAPI 3.1
 # Schemathesis' coverage phase adds the boundary cases of every parameter (empty strings, limits,

@@ -4,9 +4,9 @@ import pytest
 from sqlalchemy import update
 
 from pandaflow.errorcodes import ErrorCode
-from pandaflow.server import queries
-from pandaflow.server import schema as s
-from pandaflow.server.states import ALL_STATES
+from pandaflow.server.front import queries
+from pandaflow.server.jobs.states import ALL_STATES
+from pandaflow.server.store import schema as s
 
 
 @pytest.fixture

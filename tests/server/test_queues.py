@@ -2,8 +2,8 @@ import json
 
 import pytest
 
-from pandaflow.server.broker import Broker, BrokerageError
-from pandaflow.server.queues import QueueConfigError, default_queue_file, load_queues, parse_queues
+from pandaflow.server.jobs.broker import Broker, BrokerageError
+from pandaflow.server.jobs.queues import QueueConfigError, default_queue_file, load_queues, parse_queues
 
 SLAC = [
     {"name": "SLAC_Rubin", "min_memory_mb": 0, "max_memory_mb": 4096, "cores": 1},

@@ -7,11 +7,12 @@ from sqlalchemy import select
 
 from pandaflow import protocol
 from pandaflow.errorcodes import ErrorCode
-from pandaflow.server import assignment, completion, pilots, submission
-from pandaflow.server import schema as s
-from pandaflow.server.broker import Broker
-from pandaflow.server.db import open_database
-from pandaflow.server.queues import parse_queues
+from pandaflow.server.dispatch import assignment, completion
+from pandaflow.server.jobs import pilots, submission
+from pandaflow.server.jobs.broker import Broker
+from pandaflow.server.jobs.queues import parse_queues
+from pandaflow.server.store import schema as s
+from pandaflow.server.store.db import open_database
 
 QUEUES = [
     {"name": "Rubin", "max_memory_mb": 4096, "cores": 4},

@@ -9,11 +9,12 @@ import pytest
 from sqlalchemy import select
 
 from pandaflow.errorcodes import ErrorCode
-from pandaflow.server import completion, sites, submission
-from pandaflow.server import schema as s
 from pandaflow.server.app import ServerState, create_app, sync_queues
-from pandaflow.server.broker import Broker, BrokerageError
-from pandaflow.server.queues import parse_queues
+from pandaflow.server.dispatch import completion
+from pandaflow.server.jobs import sites, submission
+from pandaflow.server.jobs.broker import Broker, BrokerageError
+from pandaflow.server.jobs.queues import parse_queues
+from pandaflow.server.store import schema as s
 
 PREFIX = "/api/v1"
 TOKEN = "t"

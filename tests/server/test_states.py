@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import select, update
 from support.databases import BOTH, database_url
 
-from pandaflow.server import schema as s
-from pandaflow.server import states
-from pandaflow.server.states import IllegalTransition
+from pandaflow.server.jobs import states
+from pandaflow.server.jobs.states import IllegalTransition
+from pandaflow.server.store import schema as s
 
 # A job that has been through an attempt: pilot, times, error and metrics all set.
 WORN = {
@@ -47,7 +47,7 @@ def db_url(request, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def engine(db_url):
-    from pandaflow.server.db import open_database
+    from pandaflow.server.store.db import open_database
 
     engine = open_database(db_url)
     yield engine

@@ -1,11 +1,11 @@
 import pytest
 from sqlalchemy import func, select
 
-from pandaflow.server import schema as s
-from pandaflow.server.broker import Broker
-from pandaflow.server.db import open_database
-from pandaflow.server.queues import parse_queues
-from pandaflow.server.submission import SubmissionError, WorkflowBook, store, validate
+from pandaflow.server.jobs.broker import Broker
+from pandaflow.server.jobs.queues import parse_queues
+from pandaflow.server.jobs.submission import SubmissionError, WorkflowBook, store, validate
+from pandaflow.server.store import schema as s
+from pandaflow.server.store.db import open_database
 
 
 @pytest.fixture

@@ -6,8 +6,9 @@ import time
 from sqlalchemy import select, update
 
 from pandaflow.errorcodes import ErrorCode
-from pandaflow.server import completion, states, watchdog
-from pandaflow.server import schema as s
+from pandaflow.server.dispatch import completion, watchdog
+from pandaflow.server.jobs import states
+from pandaflow.server.store import schema as s
 
 
 def job(engine, job_id):

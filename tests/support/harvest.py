@@ -11,10 +11,10 @@ from typing import Any
 from parsl.jobs.states import JobState, JobStatus
 
 from pandaflow.harvester import Harvester, HarvesterConfig
-from pandaflow.server import pilots, submission
 from pandaflow.server.app import sync_queues
-from pandaflow.server.broker import Broker
-from pandaflow.server.queues import parse_queues
+from pandaflow.server.jobs import pilots, submission
+from pandaflow.server.jobs.broker import Broker
+from pandaflow.server.jobs.queues import parse_queues
 
 
 class FakeProvider:

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import Engine, RowMapping, Table, select
 
-from pandaflow.server import schema as s
+from pandaflow.server.store import schema as s
 
 
 def _engine(db: Engine | Any) -> Engine:

@@ -9,9 +9,10 @@ from typing import Any
 from sqlalchemy import select
 
 from pandaflow import protocol
-from pandaflow.server import assignment, completion, pilots, submission
-from pandaflow.server import schema as s
-from pandaflow.server.broker import Broker
+from pandaflow.server.dispatch import assignment, completion
+from pandaflow.server.jobs import pilots, submission
+from pandaflow.server.jobs.broker import Broker
+from pandaflow.server.store import schema as s
 
 # Two queues split by memory, so brokerage has a choice to make.
 TEST_QUEUES = [

@@ -7,7 +7,7 @@ from typing import Any
 
 from sqlalchemy import Connection, bindparam, case, func, insert, select, update
 
-from pandaflow.server import schema as s
+from pandaflow.server.store import schema as s
 
 _P = s.pilots.c
 ACTIVE = "active"

@@ -5,7 +5,7 @@ and validates each (:mod:`pandaflow.protocol`: a frame that is not a valid messa
 :class:`~pandaflow.protocol.Error` reply and a log line, and is applied nowhere), applies the
 valid ones in one database transaction (submissions first, then starts, returns, reports,
 heartbeats and requests), commits, and only then replies: an acknowledged submission or report
-is durable. Which waiting pilot gets which ready jobs is :mod:`pandaflow.server.allocation`.
+is durable. Which waiting pilot gets which ready jobs is :mod:`pandaflow.server.dispatch.allocation`.
 """
 
 from __future__ import annotations
@@ -24,10 +24,11 @@ import zmq
 from sqlalchemy import Connection, Engine
 
 from pandaflow import protocol
-from pandaflow.server import completion, pilots, submission, watchdog
-from pandaflow.server.allocation import Allocator
-from pandaflow.server.broker import Broker
-from pandaflow.server.statements import claim_writes
+from pandaflow.server.dispatch import completion, watchdog
+from pandaflow.server.dispatch.allocation import Allocator
+from pandaflow.server.jobs import pilots, submission
+from pandaflow.server.jobs.broker import Broker
+from pandaflow.server.store.statements import claim_writes
 
 log = logging.getLogger(__name__)
 

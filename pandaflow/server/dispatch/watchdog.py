@@ -8,10 +8,10 @@ from __future__ import annotations
 from sqlalchemy import Connection
 
 from pandaflow.errorcodes import ErrorCode
-from pandaflow.server import pilots
-from pandaflow.server.completion import Completed, give_back, held_by, outcome, record
-from pandaflow.server.statements import Sql, chunks, marks
-from pandaflow.server.states import DISPATCHED, RUNNING
+from pandaflow.server.dispatch.completion import Completed, give_back, held_by, outcome, record
+from pandaflow.server.jobs import pilots
+from pandaflow.server.jobs.states import DISPATCHED, RUNNING
+from pandaflow.server.store.statements import Sql, chunks, marks
 
 _HELD_BY = (
     "SELECT id, uid, client, status, attempt, queue, pilot_id FROM jobs"

@@ -155,7 +155,7 @@ attempts = Table(
 )
 
 # The job history (migration 0007): one row per change of a job's state, appended by
-# pandaflow.server.states.apply in the transaction that makes the change. A job's creation is its
+# pandaflow.server.jobs.states.apply in the transaction that makes the change. A job's creation is its
 # row in ``jobs`` (created_at, and the state it was stored in is the first event's from_status).
 job_events = Table(
     "job_events",
@@ -254,7 +254,7 @@ harvester_queues = Table(
     Column("error_at", Float, nullable=True),
 )
 
-# Data-aware dependencies (see pandaflow/server/dag.py). A product is a logical data product
+# Data-aware dependencies (see pandaflow/server/jobs/dag.py). A product is a logical data product
 # of a workflow; a job waits for its inputs with an unmet-input counter (jobs.n_unmet), so
 # release is an indexed update rather than a graph walk.
 products = Table(

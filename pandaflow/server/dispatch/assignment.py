@@ -10,8 +10,8 @@ from typing import Any
 from sqlalchemy import Connection
 
 from pandaflow import protocol
-from pandaflow.server import states
-from pandaflow.server.statements import Sql, marks
+from pandaflow.server.jobs import states
+from pandaflow.server.store.statements import Sql, marks
 
 _UNLIMITED = 1 << 40
 _SELECT_READY = (

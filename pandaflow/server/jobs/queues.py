@@ -18,7 +18,7 @@ Keys (``name`` is required, the rest have the defaults shown in :class:`Queue`):
 ``max_walltime_s``  the longest walltime one job may ask for (0: unlimited)
 ``status``          ``online`` (takes new jobs) or ``offline``
 ``mode``            ``pull`` (pilots ask for jobs) or ``push`` (the harvester reserves jobs for
-                    each worker it submits, :mod:`pandaflow.server.push`)
+                    each worker it submits, :mod:`pandaflow.server.dispatch.push`)
 ``brokerage``       ``true``: the broker may send jobs here; ``false``: only jobs naming it
 ``memory_multiplier`` a job killed for exceeding its memory is retried asking this many times
                     as much (capped by the job's ``memory_max_mb``, else by the largest queue
@@ -47,7 +47,7 @@ Keys for the harvester, which keeps pilots alive on queues that name a ``provide
                         (default 600)
 ``worker_workdir``      where pilots make their work directories (default: the harvester's)
 ``share``               informational, not read by the broker (default 1): a workflow's shares
-                        over sites come with the workflow (:mod:`pandaflow.server.sites`)
+                        over sites come with the workflow (:mod:`pandaflow.server.jobs.sites`)
 ``preemptible``         its nodes may be taken away (spot/preemptible VMs) (default false)
 ``batch_queue``         the site's name for the batch queue or partition behind it (free text)
 
@@ -66,7 +66,7 @@ from typing import Any
 
 from sqlalchemy import Connection, select
 
-from pandaflow.server import schema as s
+from pandaflow.server.store import schema as s
 
 log = logging.getLogger(__name__)
 
@@ -306,7 +306,7 @@ def load_queues(path: str | Path) -> list[Queue]:
 
 def default_queue_file() -> Path:
     """The shipped description of the single local queue."""
-    return Path(__file__).resolve().parent.parent / "configs" / "queues" / "local.json"
+    return Path(__file__).resolve().parents[2] / "configs" / "queues" / "local.json"
 
 
 def stored_descriptions(conn: Connection) -> tuple[str, ...]:

@@ -1,8 +1,8 @@
 """The OpenAPI 3.1 description of the REST API ``/api/v1`` (served at ``GET /api/v1/openapi.json``).
 
 Generated, not written: every schema comes from the structs that validate the requests
-(:mod:`pandaflow.spec`, :mod:`pandaflow.server.apischema`) or describe the answers
-(:mod:`pandaflow.server.apischema`); this module holds only the table of routes. A test checks
+(:mod:`pandaflow.spec`, :mod:`pandaflow.server.front.apischema`) or describe the answers
+(:mod:`pandaflow.server.front.apischema`); this module holds only the table of routes. A test checks
 that every route of the blueprint is in the table, and a schemathesis run checks that the server
 does what the document says.
 """
@@ -18,7 +18,7 @@ import msgspec
 from msgspec import Struct
 
 from pandaflow import spec
-from pandaflow.server import apischema as a
+from pandaflow.server.front import apischema as a
 
 JSON = "application/json"
 REF = "#/components/schemas/{name}"

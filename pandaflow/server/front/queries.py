@@ -7,7 +7,7 @@ dicts and lists: the REST API sends them as they are, so ``pandaflow --db ... --
 * times are ISO-8601 UTC strings in keys ending ``_at`` (``None`` when unset), durations are
   seconds (float) in keys ending ``_s``;
 * lists are pages ``{"<things>": [...], "total": N, "limit": L, "offset": O}``;
-* job counts by state are maps over every state of :data:`~pandaflow.server.states.ALL_STATES`
+* job counts by state are maps over every state of :data:`~pandaflow.server.jobs.states.ALL_STATES`
   (zeros included, so consumers need no defaults);
 * a missing object raises :class:`NotFound`, a bad filter value raises ``ValueError``; both
   messages say what was wrong and what is allowed.
@@ -28,9 +28,8 @@ from typing import Any
 from sqlalchemy import Connection, func, select
 
 from pandaflow import errorcodes
-from pandaflow.server import pilots as pilot_registry
-from pandaflow.server import schema as s
-from pandaflow.server.states import (
+from pandaflow.server.jobs import pilots as pilot_registry
+from pandaflow.server.jobs.states import (
     ACTIVE_STATES,
     ALL_STATES,
     CANCELLED,
@@ -42,6 +41,7 @@ from pandaflow.server.states import (
     RESERVED,
     RUNNING,
 )
+from pandaflow.server.store import schema as s
 
 _J = s.jobs.c
 _A = s.attempts.c

@@ -1,5 +1,5 @@
 """User control of jobs: cancel, retry, hold and release, by job ids, a workflow, or one task
-(label) of a workflow. Every change goes through :func:`pandaflow.server.states.apply`; each
+(label) of a workflow. Every change goes through :func:`pandaflow.server.jobs.states.apply`; each
 function runs in the caller's transaction and returns what changed and what to tell others."""
 
 from __future__ import annotations
@@ -10,10 +10,10 @@ from typing import Any
 from sqlalchemy import Connection, insert, select
 
 from pandaflow.errorcodes import ErrorCode
-from pandaflow.server import dag, states
-from pandaflow.server import schema as s
-from pandaflow.server.statements import Sql, chunks, claim_writes, marks
-from pandaflow.server.states import ACTIVE_STATES, CANCELLED, FAILED, FINAL_STATES, HELD, Effects
+from pandaflow.server.jobs import dag, states
+from pandaflow.server.jobs.states import ACTIVE_STATES, CANCELLED, FAILED, FINAL_STATES, HELD, Effects
+from pandaflow.server.store import schema as s
+from pandaflow.server.store.statements import Sql, chunks, claim_writes, marks
 
 _J = s.jobs.c
 
@@ -127,7 +127,7 @@ def retry(
 ) -> Changed:  # fmt: skip
     """Give failed or cancelled jobs at least ``extra`` more attempts, clear what their last
     attempt left, and undo what their failure did downstream: the jobs pruned because their
-    outputs went missing wait for them again (see :func:`pandaflow.server.dag.revive`). A job
+    outputs went missing wait for them again (see :func:`pandaflow.server.jobs.dag.revive`). A job
     runs again as soon as its inputs are available: those of a restarted workflow that were
     cancelled while waiting wait again."""
     out = Changed()

@@ -29,8 +29,9 @@ from collections.abc import MutableMapping
 from sqlalchemy import Connection
 
 from pandaflow import protocol
-from pandaflow.server import assignment, states
-from pandaflow.server.statements import Sql, marks
+from pandaflow.server.dispatch import assignment
+from pandaflow.server.jobs import states
+from pandaflow.server.store.statements import Sql, marks
 
 _UNLIMITED = 1 << 40
 _CANDIDATES = (
@@ -83,7 +84,7 @@ def take(
     payload_cache: MutableMapping[int, bytes] | None = None,
 ) -> list[protocol.Payload]:
     """Dispatch up to ``n`` jobs reserved for the worker the pilot runs in; returns their payloads
-    in the shape :func:`pandaflow.server.assignment.assign` sends (the pilot cannot tell them apart).
+    in the shape :func:`pandaflow.server.dispatch.assignment.assign` sends (the pilot cannot tell them apart).
     """
     if n <= 0:
         return []

@@ -27,7 +27,7 @@ How a job gets its site, deterministically and without any per-job database work
    FrDF, UKDF, USDF, FrDF, ...): any prefix of the request is within about a job of its shares
    too, so the first jobs of a pipeline step do not all land on one site.
 4. Inside the site, the broker's usual rule: the online, brokerage-on queue with the tightest
-   memory fit (:class:`~pandaflow.server.broker.Broker`).
+   memory fit (:class:`~pandaflow.server.jobs.broker.Broker`).
 
 A job that names its ``queue`` goes there, provided the queue is at one of the workflow's sites.
 The broker's per-shape cache means each distinct shape is brokered once per site, not per job.
@@ -45,8 +45,8 @@ from typing import Any
 
 from sqlalchemy import Connection, select, update
 
-from pandaflow.server import schema as s
-from pandaflow.server.broker import Broker, BrokerageError
+from pandaflow.server.jobs.broker import Broker, BrokerageError
+from pandaflow.server.store import schema as s
 
 _UNCOUNTED = 100  # jobs apportioned at a time for a shape the request did not announce
 
@@ -164,7 +164,7 @@ class _Plan:
 
 
 def shape(job: Any) -> tuple:
-    """A job's shape as :func:`pandaflow.server.submission.validate` brokers it."""
+    """A job's shape as :func:`pandaflow.server.jobs.submission.validate` brokers it."""
     if not isinstance(job, dict):
         return ()
     return (job.get("memory_mb"), 1 if job.get("cores") is None else job["cores"], job.get("walltime_s"))
@@ -173,8 +173,8 @@ def shape(job: Any) -> tuple:
 class SiteBroker:
     """A broker for one request of a workflow with a site policy.
 
-    It has the :meth:`choose` of :class:`~pandaflow.server.broker.Broker` that
-    :func:`pandaflow.server.submission.validate` calls, so submission needs no change to honour
+    It has the :meth:`choose` of :class:`~pandaflow.server.jobs.broker.Broker` that
+    :func:`pandaflow.server.jobs.submission.validate` calls, so submission needs no change to honour
     sites; each job costs a dictionary lookup and a step of round-robin over a few sites. ``jobs``
     are the request's job specs, counted by shape up front so each shape is apportioned exactly.
     """

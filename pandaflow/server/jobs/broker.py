@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from pandaflow.server.queues import Queue
+from pandaflow.server.jobs.queues import Queue
 
 
 class BrokerageError(ValueError):
@@ -18,7 +18,7 @@ class Broker:
     off queues take only such jobs). Otherwise the broker picks, among online queues with
     brokerage on, the tightest memory fit (smallest ``max_memory_mb``), then the name. With
     ``site`` given, only that site's queues are considered (which site a job goes to is decided
-    by :mod:`pandaflow.server.sites`).
+    by :mod:`pandaflow.server.jobs.sites`).
     """
 
     def __init__(self, queues: Iterable[Queue]):

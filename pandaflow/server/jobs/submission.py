@@ -16,11 +16,11 @@ from typing import Any
 
 from sqlalchemy import Connection, insert, select
 
-from pandaflow.server import dag
-from pandaflow.server import schema as s
-from pandaflow.server.broker import Broker, BrokerageError
-from pandaflow.server.statements import MAX_PARAMS, Sql, chunks, claim_writes, insert_sql, marks
-from pandaflow.server.states import PENDING, PRUNED, READY, Effects
+from pandaflow.server.jobs import dag
+from pandaflow.server.jobs.broker import Broker, BrokerageError
+from pandaflow.server.jobs.states import PENDING, PRUNED, READY, Effects
+from pandaflow.server.store import schema as s
+from pandaflow.server.store.statements import MAX_PARAMS, Sql, chunks, claim_writes, insert_sql, marks
 from pandaflow.spec import DEFAULT_TASK, MAX_ATTEMPTS_DEFAULT, Invalid, Job, SpecError, job_from, job_kind
 
 _JOB_COLUMNS = (
@@ -215,7 +215,7 @@ def store(
     ``fresh`` promises that none of the uids was sent before (an executor's first send of a
     batch), which saves the duplicate lookup; the unique index still guards the table.
     Jobs with ``inputs``/``outputs``/``parents`` are checked as a graph (see
-    :mod:`pandaflow.server.dag`) and stored pending until their inputs are available;
+    :mod:`pandaflow.server.jobs.dag`) and stored pending until their inputs are available;
     ``available`` names products that exist already. A graph problem raises
     :class:`SubmissionError` before anything is written. With ``workflow_id`` the jobs are
     appended to that workflow (a large DAG sent in pieces: later pieces may read the products

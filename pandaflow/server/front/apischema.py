@@ -1,10 +1,10 @@
 """Typed shapes of the REST API around the job specification: the query string of every route,
 the cancel/retry bodies, and what each route answers.
 
-Query structs are what :mod:`pandaflow.server.api` converts ``request.args`` into (strings
+Query structs are what :mod:`pandaflow.server.front.api` converts ``request.args`` into (strings
 coerced, unknown parameters refused); response structs describe the dicts of
-:mod:`pandaflow.server.queries` (the API sends those dicts as they are, and a test converts
-them into these structs, so the two cannot drift). :mod:`pandaflow.server.openapi` builds the
+:mod:`pandaflow.server.front.queries` (the API sends those dicts as they are, and a test converts
+them into these structs, so the two cannot drift). :mod:`pandaflow.server.front.openapi` builds the
 OpenAPI document from both, and from :mod:`pandaflow.spec`.
 """
 
@@ -16,7 +16,7 @@ import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
 from pandaflow.harvester.workers import STATES as WORKER_STATES
-from pandaflow.server.queries import (
+from pandaflow.server.front.queries import (
     BPS_COLUMNS,
     BPS_RUN_STATES,
     DEFAULT_LIMIT,
@@ -24,7 +24,7 @@ from pandaflow.server.queries import (
     MAX_LIMIT,
     PILOT_STATES,
 )
-from pandaflow.server.states import ALL_STATES
+from pandaflow.server.jobs.states import ALL_STATES
 from pandaflow.spec import INT_MAX, Id, QueueName, choices
 
 MAX_IDS = 100_000  # job ids in one cancel/retry request

@@ -2,8 +2,8 @@
 accounting (:mod:`pandaflow.harvester.accounting`): the ready jobs a pilot of a given shape
 could take, and how much of each active pilot is in use.
 
-The harvester reads the job tables through these functions (and :mod:`pandaflow.server.push`
-for reservations, :func:`pandaflow.server.pilots.states` for pilot states), never with its own SQL.
+The harvester reads the job tables through these functions (and :mod:`pandaflow.server.dispatch.push`
+for reservations, :func:`pandaflow.server.jobs.pilots.states` for pilot states), never with its own SQL.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ from dataclasses import dataclass
 
 from sqlalchemy import Connection, case, func, select
 
-from pandaflow.server import schema as s
-from pandaflow.server.pilots import ACTIVE
-from pandaflow.server.states import ACTIVE_STATES, READY
+from pandaflow.server.jobs.pilots import ACTIVE
+from pandaflow.server.jobs.states import ACTIVE_STATES, READY
+from pandaflow.server.store import schema as s
 
 _J = s.jobs.c
 _P = s.pilots.c

@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine
 
-from pandaflow.server.schema import metadata
+from pandaflow.server.store.schema import metadata
 
 config = context.config
 

@@ -22,9 +22,9 @@ from typing import Any
 
 from sqlalchemy import Connection
 
-from pandaflow.server import states
-from pandaflow.server.statements import MAX_PARAMS, Sql, chunks, insert_sql, marks
-from pandaflow.server.states import CANCELLED, FAILED, FINISHED, PENDING, Applied, Effects
+from pandaflow.server.jobs import states
+from pandaflow.server.jobs.states import CANCELLED, FAILED, FINISHED, PENDING, Applied, Effects
+from pandaflow.server.store.statements import MAX_PARAMS, Sql, chunks, insert_sql, marks
 
 PENDING_PRODUCT, AVAILABLE, MISSING = "pending", "available", "missing"
 _PARENT = "@job:"  # pseudo-product a parent writes for each of its children
@@ -279,7 +279,7 @@ def prune(
     """Outputs of jobs that ended without finishing become missing; every consumer still waiting
     is pruned, and so on downstream. A consumer that runs ``always`` is not pruned: the missing
     input counts as met, and it is released once nothing else holds it. A held consumer is not
-    pruned either: it is when it is released (:func:`pandaflow.server.control.release`).
+    pruned either: it is when it is released (:func:`pandaflow.server.jobs.control.release`).
     Returns the pruned jobs (id, uid, client); their clients' notifications and the queues of
     released ``always`` jobs go to ``effects``."""
     sql = Sql(conn)

@@ -4,7 +4,7 @@ Pilots ask for work (``want``): ``n`` jobs, ``free`` of which would start at onc
 prefetch (held so that a pilot of short jobs never idles between two messages). A request that
 cannot be filled stands until work arrives. Each dispatcher turn:
 
-1. jobs reserved for a push-queue pilot's worker go to it first (:mod:`pandaflow.server.push`);
+1. jobs reserved for a push-queue pilot's worker go to it first (:mod:`pandaflow.server.dispatch.push`);
 2. every waiting pilot's *free slots* are served, highest priority first, FIFO among equals;
 3. only then, with what is left, their *prefetch*: a job waits in one pilot's prefetch only
    while no other pilot of its queue has a free slot for it;
@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from pandaflow import protocol
-from pandaflow.server import assignment, push
+from pandaflow.server.dispatch import assignment, push
 
 RECLAIM_AFTER = 0.02  # a job dispatched this recently is on its way to start: not asked back
 RECLAIM_PATIENCE = 5.0  # a job asked back this long ago without an answer may be asked again

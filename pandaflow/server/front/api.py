@@ -5,7 +5,7 @@ Every route needs ``Authorization: Bearer <token>``. Every answer is JSON (job l
 ``text/plain`` unless JSON is asked for), errors included: a user error is a 4xx
 ``{"error": "..."}`` saying what was wrong and what to do; a bug is a 500
 ``{"error": "internal error: ..."}`` that is logged with its stack trace. Read routes return
-the dicts of :mod:`pandaflow.server.queries` unchanged, so the CLI's ``--db`` mode prints the
+the dicts of :mod:`pandaflow.server.front.queries` unchanged, so the CLI's ``--db`` mode prints the
 same JSON as the server.
 """
 
@@ -24,9 +24,10 @@ from sqlalchemy import select
 from werkzeug.exceptions import HTTPException
 
 from pandaflow import problems, spec
-from pandaflow.server import apischema, collector, control, queries, sites, submission
-from pandaflow.server import schema as s
-from pandaflow.server.openapi import document as openapi_document
+from pandaflow.server.front import apischema, collector, queries
+from pandaflow.server.front.openapi import document as openapi_document
+from pandaflow.server.jobs import control, sites, submission
+from pandaflow.server.store import schema as s
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def _internal_error(exc: Exception):
 
 
 # ---------------------------------------------------------------- request parsing
-# Bodies and query strings are typed by pandaflow.spec (jobs) and pandaflow.server.apischema (the
+# Bodies and query strings are typed by pandaflow.spec (jobs) and pandaflow.server.front.apischema (the
 # rest); the OpenAPI document is generated from the same structs.
 
 
@@ -138,7 +139,7 @@ def _body[B: Struct](kind: type[B], *, optional: bool = False) -> B:
 
 def _submission[R: (spec.SubmitRequest, spec.AppendRequest)](kind: type[R]) -> R:
     """A submission body: bad jobs come back as :class:`~pandaflow.spec.Invalid` for
-    :func:`~pandaflow.server.submission.validate` to list with the other refused jobs."""
+    :func:`~pandaflow.server.jobs.submission.validate` to list with the other refused jobs."""
     raw = request.get_data(cache=True)
     if not raw or raw.isspace():
         _body(kind)  # says what to send

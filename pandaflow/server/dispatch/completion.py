@@ -13,11 +13,11 @@ from sqlalchemy import Connection, select
 
 from pandaflow import protocol
 from pandaflow.errorcodes import ErrorCode, describe, is_retryable
-from pandaflow.server import dag, states
-from pandaflow.server import schema as s
-from pandaflow.server.broker import Broker, BrokerageError
-from pandaflow.server.statements import Sql, chunks, insert_sql, marks
-from pandaflow.server.states import ACTIVE_STATES, DISPATCHED, FAILED, FINAL_STATES, FINISHED, Effects
+from pandaflow.server.jobs import dag, states
+from pandaflow.server.jobs.broker import Broker, BrokerageError
+from pandaflow.server.jobs.states import ACTIVE_STATES, DISPATCHED, FAILED, FINAL_STATES, FINISHED, Effects
+from pandaflow.server.store import schema as s
+from pandaflow.server.store.statements import Sql, chunks, insert_sql, marks
 
 _J = s.jobs.c
 _A = s.attempts.c

@@ -9,10 +9,10 @@ increments the attempt; a job a lost pilot never started gets its attempt back).
 group of jobs (``... WHERE id IN (...) AND status = <the state it was read in>``), the job
 history (``job_events``) appended in bulk in the same transaction, and the follow-ups
 (clients to notify, queues that got ready work, pilots to kill, dependencies to release or
-prune) handed back to the caller, which runs them (:func:`pandaflow.server.dag.follow`).
+prune) handed back to the caller, which runs them (:func:`pandaflow.server.jobs.dag.follow`).
 
 Callers read the rows they move in the same transaction, after taking the write lock
-(:func:`pandaflow.server.statements.claim_writes`; ``FOR UPDATE`` on PostgreSQL), so what they
+(:func:`pandaflow.server.store.statements.claim_writes`; ``FOR UPDATE`` on PostgreSQL), so what they
 read is what the guard finds; a row that moved meanwhile anyway is a bug and rolls the whole
 transaction back (:class:`StaleState`) rather than half-apply it.
 """
@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import Connection
 
 from pandaflow import protocol
-from pandaflow.server.statements import Sql, chunks, claim_writes, insert_sql, marks
+from pandaflow.server.store.statements import Sql, chunks, claim_writes, insert_sql, marks
 
 PENDING = "pending"
 READY = "ready"
