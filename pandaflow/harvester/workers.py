@@ -39,7 +39,7 @@ CANCELLED = "cancelled"
 MISSING = "missing"
 
 LIVE_STATES = (SUBMITTED, RUNNING)
-STATES = (SUBMITTED, RUNNING, FINISHED, FAILED, CANCELLED, MISSING)
+STATES = s.WORKER_STATES  # SUBMITTED, RUNNING, FINISHED, FAILED, CANCELLED, MISSING
 
 # (from) -> the states it may go to; terminal states go nowhere (but see the late pilot above).
 TRANSITIONS: dict[str, frozenset[str]] = {

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import subprocess
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import Any
 
 import psutil
 
@@ -19,8 +19,6 @@ from pandaflow.protocol import Outcome, Payload
 
 __all__ = ["Outcome", "Payload", "RunningPayload"]
 
-if TYPE_CHECKING:
-    from pandaflow.pilot.python_workers import Worker
 
 PYTHON = "python"
 SHELL = "shell"
@@ -49,7 +47,7 @@ class RunningPayload:
     t0: float  # time.monotonic()
     next_sample: float
     deadline: float | None
-    worker: Worker | None = None
+    worker: Any = None  # the warm worker process running it (pandaflow.pilot.python_workers.Worker)
     popen: subprocess.Popen | None = None
     ps: psutil.Process | None = None
     pidfd: int | None = None

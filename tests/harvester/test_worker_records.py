@@ -136,3 +136,8 @@ def test_listing_shows_workers_newest_first_with_their_pilot(engine):
     with pytest.raises(ValueError, match="unknown worker state"):
         with engine.connect() as conn:
             queries.list_workers(conn, state="zombie")
+
+
+def test_the_worker_states_are_those_of_the_workers_table():
+    assert w.STATES == (w.SUBMITTED, w.RUNNING, w.FINISHED, w.FAILED, w.CANCELLED, w.MISSING)
+    assert set(w.TRANSITIONS) == set(w.STATES)

@@ -15,7 +15,6 @@ from typing import Annotated, Any, Literal
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
 
-from pandaflow.harvester.workers import STATES as WORKER_STATES
 from pandaflow.server.front.queries import (
     BPS_COLUMNS,
     BPS_RUN_STATES,
@@ -25,6 +24,7 @@ from pandaflow.server.front.queries import (
     PILOT_STATES,
 )
 from pandaflow.server.jobs.states import ALL_STATES
+from pandaflow.server.store.schema import WORKER_STATES
 from pandaflow.spec import INT_MAX, Id, QueueName, choices
 
 MAX_IDS = 100_000  # job ids in one cancel/retry request

@@ -618,7 +618,7 @@ def list_workers(
     ``state`` is one worker state or several (see :mod:`pandaflow.harvester.workers`); an unknown
     state or queue raises ``ValueError`` naming the allowed values.
     """
-    from pandaflow.harvester.workers import STATES
+    from pandaflow.server.store.schema import WORKER_STATES as STATES
 
     _check_page(limit, offset)
     now = time.time() if now is None else now

@@ -211,6 +211,9 @@ queues = Table(
 
 # ---------------------------------------------------------------- harvester (migration 0002)
 
+# The states of a harvester worker (see pandaflow.harvester.workers, which moves them).
+WORKER_STATES = ("submitted", "running", "finished", "failed", "cancelled", "missing")
+
 workers = Table(
     "workers",
     metadata,
