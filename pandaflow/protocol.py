@@ -176,9 +176,11 @@ class Started(_ToServer, tag="started", kw_only=True):
 
 
 class Report(_ToServer, tag="report", kw_only=True):
-    """Attempts that ended; the server acknowledges them once they are committed."""
+    """Attempts that ended, and (``started``, as in :class:`Started`) others that started since
+    the last message; the server acknowledges the outcomes once they are committed."""
 
     outcomes: list[Outcome]
+    started: list[tuple[Int32, Int32, float]] = []
     want: Want | None = None
 
 

@@ -387,16 +387,20 @@ class Pilot:
             or len(self.results) >= _RESULTS_PER_MESSAGE
         ):
             return
-        if self.starts:
-            self.send(protocol.Started(jobs=self._take_starts()))
         sent, self.results = self.results, []
         for o in sent:
             self.unacked[(o.job_id, o.attempt)] = (now, o)
-        self._send_outcomes(sent)
+        self._send_outcomes(sent, self._take_starts() if self.starts else [])
 
-    def _send_outcomes(self, outcomes: list[Outcome]) -> None:
+    def _send_outcomes(
+        self, outcomes: list[Outcome], started: list[tuple[int, int, float]] | None = None
+    ) -> None:
+        """Report outcomes (and starts: the first message carries them), in messages of at most
+        _RESULTS_PER_MESSAGE outcomes."""
         for i in range(0, len(outcomes), _RESULTS_PER_MESSAGE):
-            self.send(protocol.Report(outcomes=outcomes[i : i + _RESULTS_PER_MESSAGE], want=self.want()))
+            chunk = outcomes[i : i + _RESULTS_PER_MESSAGE]
+            self.send(protocol.Report(outcomes=chunk, started=started or [], want=self.want()))
+            started = None
 
     def _take_starts(self) -> list[tuple[int, int, float]]:
         started = [(job_id, attempt, round(t, 3)) for job_id, (attempt, t) in self.starts.items()]

@@ -333,10 +333,13 @@ class Dispatcher:
         pilot = self._pilot(turn, identity)
         if pilot is None:
             return
-        started = {job_id: t0 for job_id, _attempt, t0 in msg.jobs}
-        attempts = {job_id: attempt for job_id, attempt, _t0 in msg.jobs}
-        completion.mark_running(turn.conn, pilot[0], started, turn.now, attempts)
+        self._mark_started(turn, pilot[0], msg.jobs)
         turn.beats.append(pilot[0])
+
+    def _mark_started(self, turn: Turn, pilot_id: int, jobs: list[tuple[int, int, float]]) -> None:
+        started = {job_id: t0 for job_id, _attempt, t0 in jobs}
+        attempts = {job_id: attempt for job_id, attempt, _t0 in jobs}
+        completion.mark_running(turn.conn, pilot_id, started, turn.now, attempts)
 
     def _on_returned(self, turn: Turn, identity: bytes, msg: protocol.Returned) -> None:
         """The pilot gives back jobs it never started (it is draining, or was asked to)."""
@@ -359,6 +362,8 @@ class Dispatcher:
         pilot = self._pilot(turn, identity)
         if pilot is None:
             return
+        if msg.started:
+            self._mark_started(turn, pilot[0], msg.started)
         outcomes = msg.outcomes
         turn.absorb(completion.record(turn.conn, outcomes, turn.now, self.broker, pilot_id=pilot[0]), self)
         ok = sum(1 for o in outcomes if o.ok)
