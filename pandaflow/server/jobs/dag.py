@@ -265,8 +265,8 @@ def release_waiting(
     released: list[int] = []
     for part in chunks(job_ids):
         rows = sql.maps(
-            f"SELECT id, uid, client, status, attempt, queue FROM jobs WHERE id IN ({marks(len(part))}) "
-            f"AND n_unmet <= 0 AND status=?{lock}",
+            f"SELECT id, uid, client, status, attempt, queue FROM {sql.by_id('jobs')}"
+            f" WHERE id IN ({marks(len(part))}) AND n_unmet <= 0 AND status=?{lock}",
             (*part, PENDING),
         )
         released.extend(states.apply(conn, "release", rows, now, effects=effects).ids)

@@ -318,8 +318,8 @@ def apply(
             moved_ids: set[int] = set()
             for part in chunks([r["id"] for r in members]):
                 statement = (
-                    f"UPDATE jobs SET {', '.join(sets)} WHERE id IN ({marks(len(part))}) AND status=?"
-                    " RETURNING id"
+                    f"UPDATE {sql.by_id('jobs')} SET {', '.join(sets)} WHERE id IN ({marks(len(part))})"
+                    " AND status=? RETURNING id"
                 )
                 moved_ids.update(r[0] for r in sql.rows(statement, (*head, *part, status)))
             if strict and len(moved_ids) != len(members):
