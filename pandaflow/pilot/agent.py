@@ -52,6 +52,10 @@ class PilotConfig:
     heartbeat_interval: float = 5.0  # replaced by the server's value at registration
     prefetch: int | None = None  # jobs held beyond free slots (None: adaptive, see Pilot.prefetch)
     report_linger: float = 0.005  # seconds a result may wait to share a message with the next ones
+    # Seconds a start waits to be reported: a job that ends sooner is reported by its outcome
+    # alone (half the server's work for short jobs); one that runs longer, and every job of a
+    # pilot that dies, is known to have started within this long.
+    start_linger: float = 0.05
     sample_interval: float = 1.0
     min_free_disk_mb: int = 100
     worker_id: int | None = None  # the harvester's worker this pilot runs in (sent at registration)
@@ -208,7 +212,7 @@ class Pilot:
                 if self.results:
                     wake_at = min(wake_at, self.results_since + self.cfg.report_linger)
                 if self.starts:
-                    wake_at = min(wake_at, self.starts_since + self.cfg.report_linger)
+                    wake_at = min(wake_at, self.starts_since + self.cfg.start_linger)
                 timeout = max(0.0, wake_at - time.time())
                 events = dict(poller.poll(int(timeout * 1000) + 1))
                 if self.sock in events:
@@ -377,8 +381,10 @@ class Pilot:
         short jobs then share messages, and the server one transaction, instead of one each."""
         now = time.time()
         if not self.results:
-            if self.starts and (force or now - self.starts_since >= self.cfg.report_linger):
-                self.send(protocol.Started(jobs=self._take_starts()))
+            if self.starts and (force or now - self.starts_since >= self.cfg.start_linger):
+                started = self._take_starts(now, force)
+                if started:
+                    self.send(protocol.Started(jobs=started))
             return
         if not (
             force
@@ -390,7 +396,7 @@ class Pilot:
         sent, self.results = self.results, []
         for o in sent:
             self.unacked[(o.job_id, o.attempt)] = (now, o)
-        self._send_outcomes(sent, self._take_starts() if self.starts else [])
+        self._send_outcomes(sent, self._take_starts(now, force) if self.starts else [])
 
     def _send_outcomes(
         self, outcomes: list[Outcome], started: list[tuple[int, int, float]] | None = None
@@ -402,9 +408,15 @@ class Pilot:
             self.send(protocol.Report(outcomes=chunk, started=started or [], want=self.want()))
             started = None
 
-    def _take_starts(self) -> list[tuple[int, int, float]]:
-        started = [(job_id, attempt, round(t, 3)) for job_id, (attempt, t) in self.starts.items()]
-        self.starts = {}
+    def _take_starts(self, now: float, everything: bool = False) -> list[tuple[int, int, float]]:
+        """The starts to report now: those older than ``start_linger`` (all, with ``everything``)."""
+        due = [
+            job_id
+            for job_id, (_a, t) in self.starts.items()
+            if everything or now - t >= self.cfg.start_linger
+        ]
+        started = [(job_id, self.starts[job_id][0], round(self.starts.pop(job_id)[1], 3)) for job_id in due]
+        self.starts_since = min((t for _a, t in self.starts.values()), default=0.0)
         return started
 
     def _resend(self, now: float) -> None:
