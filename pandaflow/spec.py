@@ -37,6 +37,11 @@ DEFAULT_TASK = "default"
 BASE64 = r"^(?:[A-Za-z0-9+/]{4})*(?:[A-Za-z0-9+/]{2}==|[A-Za-z0-9+/]{3}=)?$"
 
 
+def doc(tp: Any, description: str) -> Any:
+    """``tp`` with a description for the OpenAPI document."""
+    return Annotated[tp, Meta(description=description)]
+
+
 def choices(values: tuple[str, ...], noun: str) -> Any:
     """A string of one or more of ``values`` separated by commas (a query filter)."""
     alternatives = "|".join(re.escape(v) for v in values)

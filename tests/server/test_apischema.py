@@ -8,8 +8,7 @@ import pytest
 
 from pandaflow.errorcodes import ErrorCode
 from pandaflow.harvester import workers as w
-from pandaflow.server.front import apischema as a
-from pandaflow.server.front import queries
+from pandaflow.server.front import answers, queries
 from pandaflow.server.jobs import control, pilots
 
 
@@ -43,22 +42,22 @@ def busy(engine, workload):
 @pytest.mark.parametrize(
     "query, struct",
     [
-        (lambda c, ids: queries.list_workflows(c), a.WorkflowPage),
-        (lambda c, ids: queries.get_workflow(c, 1), a.WorkflowDetail),
-        (lambda c, ids: queries.list_tasks(c), a.TaskPage),
-        (lambda c, ids: queries.report(c, 1), a.Report),
-        (lambda c, ids: queries.list_jobs(c), a.JobPage),
-        (lambda c, ids: queries.get_job(c, ids[0]), a.JobDetail),
-        (lambda c, ids: queries.get_job(c, ids[1]), a.JobDetail),
-        (lambda c, ids: queries.get_job(c, ids[2]), a.JobDetail),
-        (lambda c, ids: queries.get_log(c, ids[0]), a.Log),
-        (lambda c, ids: queries.job_events(c, ids[1]), a.JobEvents),
-        (lambda c, ids: queries.list_pilots(c), a.PilotPage),
-        (lambda c, ids: queries.list_queues(c), a.QueueList),
-        (lambda c, ids: queries.list_workers(c), a.WorkerPage),
-        (lambda c, ids: queries.summary(c), a.Summary),
-        (lambda c, ids: queries.error_summary(c), a.ErrorSummary),
-        (lambda c, ids: {"error_codes": queries.error_codes()}, a.ErrorCodes),
+        (lambda c, ids: queries.list_workflows(c), answers.WorkflowPage),
+        (lambda c, ids: queries.get_workflow(c, 1), answers.WorkflowDetail),
+        (lambda c, ids: queries.list_tasks(c), answers.TaskPage),
+        (lambda c, ids: queries.report(c, 1), answers.Report),
+        (lambda c, ids: queries.list_jobs(c), answers.JobPage),
+        (lambda c, ids: queries.get_job(c, ids[0]), answers.JobDetail),
+        (lambda c, ids: queries.get_job(c, ids[1]), answers.JobDetail),
+        (lambda c, ids: queries.get_job(c, ids[2]), answers.JobDetail),
+        (lambda c, ids: queries.get_log(c, ids[0]), answers.Log),
+        (lambda c, ids: queries.job_events(c, ids[1]), answers.JobEvents),
+        (lambda c, ids: queries.list_pilots(c), answers.PilotPage),
+        (lambda c, ids: queries.list_queues(c), answers.QueueList),
+        (lambda c, ids: queries.list_workers(c), answers.WorkerPage),
+        (lambda c, ids: queries.summary(c), answers.Summary),
+        (lambda c, ids: queries.error_summary(c), answers.ErrorSummary),
+        (lambda c, ids: {"error_codes": queries.error_codes()}, answers.ErrorCodes),
     ],
     ids=lambda v: v.__name__ if isinstance(v, type) else "",
 )
@@ -71,4 +70,4 @@ def test_an_undocumented_key_would_be_noticed(engine, busy):
     with engine.connect() as conn:
         page = queries.list_jobs(conn)
     page["jobs"][0]["secret"] = 1
-    assert not described(page, a.JobPage)
+    assert not described(page, answers.JobPage)

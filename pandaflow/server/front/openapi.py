@@ -2,7 +2,7 @@
 
 Generated, not written: every schema comes from the structs that validate the requests
 (:mod:`pandaflow.spec`, :mod:`pandaflow.server.front.apischema`) or describe the answers
-(:mod:`pandaflow.server.front.apischema`); this module holds only the table of routes. A test checks
+(:mod:`pandaflow.server.front.answers`); this module holds only the table of routes. A test checks
 that every route of the blueprint is in the table, and a schemathesis run checks that the server
 does what the document says.
 """
@@ -18,6 +18,7 @@ import msgspec
 from msgspec import Struct
 
 from pandaflow import spec
+from pandaflow.server.front import answers as r
 from pandaflow.server.front import apischema as a
 
 JSON = "application/json"
@@ -71,64 +72,64 @@ _DOCUMENT_ANSWER = {"description": "OpenAPI 3.1 document", "content": {JSON: {"s
 
 ROUTES = (
     Route("/info", "get", "getInfo", "server", "Server version and the ZeroMQ endpoint pilots connect to",
-          a.Info),
+          r.Info),
     Route("/openapi.json", "get", "getOpenApi", "server", "This document", _DOCUMENT_ANSWER),
     Route("/workflows", "post", "submitWorkflow", "workflows",
-          "Submit a workflow: all jobs are stored, or none", a.Submitted, "201", body=spec.SubmitRequest,
+          "Submit a workflow: all jobs are stored, or none", r.Submitted, "201", body=spec.SubmitRequest,
           description=_SUBMIT),
-    Route("/workflows", "get", "listWorkflows", "workflows", "List workflows, newest first", a.WorkflowPage,
+    Route("/workflows", "get", "listWorkflows", "workflows", "List workflows, newest first", r.WorkflowPage,
           query=a.PageQuery),
     Route("/workflows/{workflow_id}", "get", "getWorkflow", "workflows", "One workflow with its tasks",
-          a.WorkflowDetail),
+          r.WorkflowDetail),
     Route("/workflows/{workflow_id}/tasks", "get", "listWorkflowTasks", "workflows",
-          "The tasks of a workflow", a.TaskPage, query=a.PageQuery),
+          "The tasks of a workflow", r.TaskPage, query=a.PageQuery),
     Route("/workflows/{workflow_id}/report", "get", "getWorkflowReport", "workflows",
-          "A workflow's jobs by task (label) and BPS state, as `bps report` shows them", a.Report,
+          "A workflow's jobs by task (label) and BPS state, as `bps report` shows them", r.Report,
           description=_BPS_STATES),
     Route("/workflows/{workflow_id}/jobs", "post", "appendJobs", "workflows",
-          "Add jobs to a workflow (a large DAG in pieces, each all or nothing)", a.Submitted, "201",
+          "Add jobs to a workflow (a large DAG in pieces, each all or nothing)", r.Submitted, "201",
           body=spec.AppendRequest, description="Validated like a submission; a piece may read products that "
           "earlier pieces write. Parents name jobs of the same piece."),
     Route("/workflows/{workflow_id}/cancel", "post", "cancelWorkflow", "workflows",
-          "Cancel every job of a workflow (or of one task) that has not ended", a.ControlResult,
+          "Cancel every job of a workflow (or of one task) that has not ended", r.ControlResult,
           body=a.TaskOption, body_required=False),
     Route("/workflows/{workflow_id}/retry", "post", "retryWorkflow", "workflows",
-          "Retry every failed or cancelled job of a workflow (or of one task)", a.ControlResult,
+          "Retry every failed or cancelled job of a workflow (or of one task)", r.ControlResult,
           body=a.RetryOptions, body_required=False),
     Route("/workflows/{workflow_id}/hold", "post", "holdWorkflow", "workflows",
           "Hold the waiting jobs of a workflow (or of one task): neither dispatched nor pruned",
-          a.ControlResult, body=a.TaskOption, body_required=False),
+          r.ControlResult, body=a.TaskOption, body_required=False),
     Route("/workflows/{workflow_id}/release", "post", "releaseWorkflow", "workflows",
-          "Release the held jobs of a workflow (or of one task) to where they were", a.ControlResult,
+          "Release the held jobs of a workflow (or of one task) to where they were", r.ControlResult,
           body=a.TaskOption, body_required=False),
-    Route("/tasks", "get", "listTasks", "tasks", "List tasks ordered by id", a.TaskPage, query=a.TasksQuery),
-    Route("/jobs", "get", "listJobs", "jobs", "List jobs ordered by id, filtered", a.JobPage,
+    Route("/tasks", "get", "listTasks", "tasks", "List tasks ordered by id", r.TaskPage, query=a.TasksQuery),
+    Route("/jobs", "get", "listJobs", "jobs", "List jobs ordered by id, filtered", r.JobPage,
           query=a.JobsQuery),
-    Route("/jobs/{job_id}", "get", "getJob", "jobs", "One job with its attempt history", a.JobDetail),
+    Route("/jobs/{job_id}", "get", "getJob", "jobs", "One job with its attempt history", r.JobDetail),
     Route("/jobs/{job_id}/log", "get", "getJobLog", "jobs",
           "The log of a job's latest attempt (or of one attempt)", _LOG_ANSWER, query=a.LogQuery),
     Route("/jobs/{job_id}/events", "get", "getJobEvents", "jobs",
-          "A job's timeline: its submission and every change of its state", a.JobEvents),
-    Route("/jobs/hold", "post", "holdJobs", "jobs", "Hold waiting jobs by id", a.ControlResult,
+          "A job's timeline: its submission and every change of its state", r.JobEvents),
+    Route("/jobs/hold", "post", "holdJobs", "jobs", "Hold waiting jobs by id", r.ControlResult,
           body=a.HoldJobs, not_found=True),
-    Route("/jobs/release", "post", "releaseJobs", "jobs", "Release held jobs by id", a.ControlResult,
+    Route("/jobs/release", "post", "releaseJobs", "jobs", "Release held jobs by id", r.ControlResult,
           body=a.ReleaseJobs, not_found=True),
-    Route("/jobs/cancel", "post", "cancelJobs", "jobs", "Cancel jobs by id", a.ControlResult,
+    Route("/jobs/cancel", "post", "cancelJobs", "jobs", "Cancel jobs by id", r.ControlResult,
           body=a.CancelJobs, not_found=True),
-    Route("/jobs/retry", "post", "retryJobs", "jobs", "Retry failed or cancelled jobs by id", a.ControlResult,
+    Route("/jobs/retry", "post", "retryJobs", "jobs", "Retry failed or cancelled jobs by id", r.ControlResult,
           body=a.RetryJobs, not_found=True),
-    Route("/pilots", "get", "listPilots", "pilots", "List pilots, newest first", a.PilotPage,
+    Route("/pilots", "get", "listPilots", "pilots", "List pilots, newest first", r.PilotPage,
           query=a.PilotsQuery),
     Route("/queues", "get", "listQueues", "queues",
-          "Queues with live job and pilot counts and each harvester's last cycle", a.QueueList),
+          "Queues with live job and pilot counts and each harvester's last cycle", r.QueueList),
     Route("/workers", "get", "listWorkers", "harvester",
           "List the pilot workers harvesters submitted, newest first, with the queues' harvester status",
-          a.WorkerPage, query=a.WorkersQuery),
-    Route("/summary", "get", "getSummary", "server", "Jobs by state, pilots by state and queues", a.Summary),
+          r.WorkerPage, query=a.WorkersQuery),
+    Route("/summary", "get", "getSummary", "server", "Jobs by state, pilots by state and queues", r.Summary),
     Route("/errors", "get", "getErrorSummary", "jobs", "Errors grouped by task and error code",
-          a.ErrorSummary, query=a.ErrorsQuery),
+          r.ErrorSummary, query=a.ErrorsQuery),
     Route("/errorcodes", "get", "listErrorCodes", "server", "Every error code with its meaning",
-          a.ErrorCodes),
+          r.ErrorCodes),
 )  # fmt: skip
 
 _ERRORS = {
@@ -203,7 +204,7 @@ def _operation(route: Route) -> dict[str, Any]:
 
 @functools.cache
 def _document() -> dict[str, Any]:
-    structs = {a.Error, a.Log}
+    structs = {r.Error, r.Log}
     for route in ROUTES:
         structs.update(s for s in (route.ok, route.body) if isinstance(s, type))
     _, schemas = msgspec.json.schema_components(sorted(structs, key=lambda s: s.__name__), ref_template=REF)
