@@ -160,3 +160,37 @@ def test_a_retried_job_waits_without_the_times_of_its_failed_attempt(farm):
 def test_bad_retry_settings_are_refused(farm, field, message):
     with pytest.raises(submission.SubmissionError, match=message):
         submit(farm, **field)
+
+
+def test_recording_outcomes_holds_the_write_lock_from_its_first_read(farm, tmp_path, monkeypatch):
+    """SQLite: no other writer may move the jobs between the read of their state and the guarded
+    update (a watchdog taking a lost pilot's jobs back there made the update find none)."""
+    import sqlite3
+
+    engine, broker = farm
+    job_id = submit(farm)
+    now = time.time()
+    with engine.begin() as conn:
+        pilot = pilots.register(conn, {"pilot": "p", "queue": "Rubin", "cores": 4}, now)
+        [dispatched] = assignment.assign(conn, pilot_id=pilot, queue="Rubin", n=1, now=now)
+    other_writer: list[str] = []
+
+    def meanwhile(*args, **kwargs):
+        other = sqlite3.connect(tmp_path / "r.db", timeout=0.1)
+        try:
+            other.execute("UPDATE jobs SET status='ready' WHERE id=?", (job_id,))
+            other.commit()
+            other_writer.append("wrote")
+        except sqlite3.OperationalError as exc:
+            other_writer.append(str(exc))
+        finally:
+            other.close()
+        return real_apply(*args, **kwargs)
+
+    real_apply = completion.states.apply
+    monkeypatch.setattr(completion.states, "apply", meanwhile)
+    with engine.begin() as conn:
+        outcome = protocol.Outcome(job_id=job_id, attempt=dispatched.attempt, ok=True)
+        completion.record(conn, [outcome], now, broker)
+    assert other_writer == ["database is locked"]
+    assert job_row(farm, job_id)["status"] == "finished"

@@ -17,7 +17,7 @@ from pandaflow.server.jobs import dag, states
 from pandaflow.server.jobs.broker import Broker, BrokerageError
 from pandaflow.server.jobs.states import ACTIVE_STATES, DISPATCHED, FAILED, FINAL_STATES, FINISHED, Effects
 from pandaflow.server.store import schema as s
-from pandaflow.server.store.statements import Sql, chunks, insert_sql, marks
+from pandaflow.server.store.statements import Sql, chunks, claim_writes, insert_sql, marks
 
 _J = s.jobs.c
 _A = s.attempts.c
@@ -81,6 +81,7 @@ def record(
     done = Completed()
     if not outcomes:
         return done
+    claim_writes(conn)  # the rows read below are the ones the guarded update finds (SQLite)
     sql = Sql(conn)
     ids = [o.job_id for o in outcomes]
     jobs: dict[int, dict[str, Any]] = {}
