@@ -194,3 +194,26 @@ def test_recording_outcomes_holds_the_write_lock_from_its_first_read(farm, tmp_p
         completion.record(conn, [outcome], now, broker)
     assert other_writer == ["database is locked"]
     assert job_row(farm, job_id)["status"] == "finished"
+
+
+def test_one_report_may_retry_one_job_and_fail_another(farm):
+    """A pilot's report mixes outcomes: a retry (with its new memory and queue) beside a final
+    failure. Each event writes only its own jobs' columns (this report used to be refused)."""
+    engine, broker = farm
+    grows = submit(farm, memory_mb=2000, memory_multiplier=2.0)
+    ends = submit(farm, memory_mb=1000, max_attempts=1)
+    now = time.time()
+    with engine.begin() as conn:
+        pilot = pilots.register(conn, {"pilot": "p", "queue": "Rubin", "cores": 4}, now)
+        held = assignment.assign(conn, pilot_id=pilot, queue="Rubin", n=2, now=now)
+    attempt = {j.job_id: j.attempt for j in held}
+    oom = int(ErrorCode.OUT_OF_MEMORY)
+    outcomes = [
+        protocol.Outcome(job_id=grows, attempt=attempt[grows], ok=False, error_code=oom, error_diag="killed"),
+        protocol.Outcome(job_id=ends, attempt=attempt[ends], ok=False, error_code=oom, error_diag="killed"),
+    ]
+    with engine.begin() as conn:
+        done = completion.record(conn, outcomes, now, broker)
+    assert (done.retried, done.final) == (1, 1)
+    assert (job_row(farm, grows)["status"], job_row(farm, grows)["memory_mb"]) == ("ready", 4000)
+    assert (job_row(farm, ends)["status"], job_row(farm, ends)["memory_mb"]) == ("failed", 1000)

@@ -274,11 +274,12 @@ def apply(
     """
     spec = TRANSITIONS[event]
     out = Applied(event, spec.target)
+    rows = list(rows)
     given = set(values)
     unknown = given - spec.owns
-    if each:
-        for per in each.values():
-            unknown |= set(per) - spec.owns
+    if each:  # only the entries of the rows moved here: a caller may share one map between events
+        for row in rows:
+            unknown |= set(each.get(row["id"], ())) - spec.owns
     if unknown:
         raise ValueError(f"event {event!r} does not own column(s) {sorted(unknown)}")
     groups: dict[tuple[str, tuple[str, ...]], list[Mapping[str, Any]]] = defaultdict(list)
