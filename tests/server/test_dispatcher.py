@@ -330,3 +330,40 @@ def test_pilots_given_the_same_name_get_identities_of_their_own():
     one, two = (PilotConfig(zmq_endpoint="tcp://x:1", token="t", name="node") for _ in range(2))
     assert one.identity != two.identity
     assert one.identity.startswith("node-") and two.identity.startswith("node-")
+
+
+def test_an_outcome_the_server_cannot_apply_does_not_hold_back_the_others_of_its_report(server, monkeypatch):
+    """A server bug on one outcome: the rest of the report lands and is acknowledged; that one is
+    answered with an error (the pilot keeps it and sends it again)."""
+    from pandaflow.server.dispatch import completion
+
+    client = Peer(server.dispatcher.endpoint, "client-poison", TOKEN)
+    pilot = Peer(server.dispatcher.endpoint, "pilot-poison", TOKEN)
+    pilot.send("register", queue="local", cores=3)
+    pilot.recv("registered")
+    pilot.send("request", want={"n": 3})
+    client.send("submit", batch=1, jobs=[{"uid": f"u{i}", "command": "true"} for i in range(3)])
+    client.recv("submitted")
+    jobs = []
+    while len(jobs) < 3:  # quickly: this server takes a pilot silent for 1.5 s for lost
+        jobs += pilot.recv("jobs")["jobs"]
+    poison = jobs[1]["job_id"]
+    real_record = completion.record
+
+    def record(conn, outcomes, *args, **kwargs):
+        if any(o.job_id == poison for o in outcomes):
+            raise RuntimeError("a bug")
+        return real_record(conn, outcomes, *args, **kwargs)
+
+    monkeypatch.setattr(completion, "record", record)
+    pilot.send("report", outcomes=[{"job_id": j["job_id"], "attempt": 1, "ok": True} for j in jobs])
+    acked, errors = [], []
+    while len(acked) < 2 or not errors:
+        msg = pilot.recv()
+        if msg["op"] == "acked":
+            acked += [tuple(i) for i in msg["ids"]]
+        elif msg["op"] == "error":
+            errors.append(msg["message"])
+    assert sorted(acked) == sorted((j["job_id"], 1) for j in jobs if j["job_id"] != poison)
+    assert errors == ["server failed to process Report: RuntimeError: a bug"]
+    assert [job_row(server, j["job_id"])["status"] for j in jobs] == ["finished", "dispatched", "finished"]

@@ -238,6 +238,13 @@ class Dispatcher:
             if len(batch) > 1:
                 for item in batch:  # isolate the message that fails, so the others go through
                     self.turn([item], [], False)
+            elif batch and isinstance(batch[0][1], protocol.Report) and len(batch[0][1].outcomes) > 1:
+                # and the outcome that fails: the others are acknowledged, the pilot resends that one
+                identity, report = batch[0]
+                bare = msgspec.structs.replace(report, outcomes=[], started=[], want=None)
+                alone = [msgspec.structs.replace(bare, outcomes=[o]) for o in report.outcomes]
+                for part in [msgspec.structs.replace(report, outcomes=[]), *alone]:
+                    self.turn([(identity, part)], [], False)
             elif batch:
                 identity, message = batch[0]
                 error = f"server failed to process {type(message).__name__}: {type(exc).__name__}: {exc}"
