@@ -77,8 +77,8 @@ class Info(Struct, kw_only=True):
     epoch: str | None
 
 
-class Workflow(Struct, kw_only=True):
-    """A workflow with its job counts."""
+class _WorkflowHead(Struct, kw_only=True):
+    """What every answer about a workflow starts with."""
 
     id: int
     name: str
@@ -89,6 +89,11 @@ class Workflow(Struct, kw_only=True):
     updated_at: Time
     status: Derived
     n_jobs: int
+
+
+class Workflow(_WorkflowHead, kw_only=True):
+    """A workflow with its job counts."""
+
     counts: Counts  # type: ignore[valid-type]
 
 
@@ -405,19 +410,10 @@ class ReportLabel(Struct, kw_only=True):
     counts: BpsCounts  # type: ignore[valid-type]
 
 
-class Report(Struct, kw_only=True):
+class Report(_WorkflowHead, kw_only=True):
     """A workflow's jobs by task (pipeline label) and BPS state, as ``bps report`` shows them."""
 
-    id: int
-    name: str
-    owner: str
-    client: str | None
-    sites: SiteShares
-    created_at: Time
-    updated_at: Time
-    status: Derived
     bps_state: doc(Literal[tuple(sorted(set(BPS_RUN_STATES.values())))], "the run's state as bps names it")  # type: ignore[misc]
-    n_jobs: int
     percent_succeeded: doc(int | None, "integer percentage of jobs that succeeded")
     columns: doc(list[str], "the columns of the table, in order")
     total: BpsCounts  # type: ignore[valid-type]
