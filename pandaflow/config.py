@@ -14,6 +14,7 @@ def home() -> Path:
 
 
 def default_db_url() -> str:
+    """``sqlite:///$PANDAFLOW_HOME/pandaflow.db``: a SQLite file under :func:`home`."""
     return f"sqlite:///{home() / 'pandaflow.db'}"
 
 

@@ -204,7 +204,14 @@ class Job(JobDefaults, kw_only=True, forbid_unknown_fields=True, gc=False):
     _renamed = {"buffer_b64": "'buffer' (the same base64 text)"}  # for explain(): names it had before
 
 
-Jobs = Annotated[list[Job], Meta(min_length=1, extra={"expected": "a non-empty list of job objects"})]
+Jobs = Annotated[
+    list[Job],
+    Meta(
+        min_length=1,
+        description="the jobs, in any order",
+        extra={"expected": "a non-empty list of job objects"},
+    ),
+]
 Available = Annotated[
     Names,
     Meta(description="data products that exist already (inputs nobody in the workflow writes)"),
@@ -227,11 +234,12 @@ class SubmitRequest(Struct, kw_only=True, forbid_unknown_fields=True):
             min_length=1,
             max_length=NAME_MAX,
             pattern=r"\S",
+            description="the workflow's name",
             extra={"expected": "a non-empty string (the name)"},
         ),
     ]
     jobs: Jobs
-    owner: Annotated[str, Meta(max_length=128)] = ""
+    owner: Annotated[str, Meta(max_length=128, description="who submitted it (free text)")] = ""
     available: Available = []
     sites: (
         Annotated[
@@ -412,7 +420,15 @@ class ResourceSpecification(Struct, kw_only=True, forbid_unknown_fields=True):
     memory: MemoryMB | UnsetType = UNSET
     disk: DiskMB | UnsetType = UNSET
     running_time_min: (
-        Annotated[float, Meta(gt=0, extra={"expected": "a positive number of minutes"})] | UnsetType
+        Annotated[
+            float,
+            Meta(
+                gt=0,
+                description="time limit of the job, minutes",
+                extra={"expected": "a positive number of minutes"},
+            ),
+        ]
+        | UnsetType
     ) = UNSET
     priority: Priority | UnsetType = UNSET
     queue: QueueName | UnsetType = UNSET

@@ -6,9 +6,11 @@
 #                                 (skipped if PANDAFLOW_TEST_PG_URL is already set)
 #      scripts/slurm.sh           private single-node Slurm -> SLURM_CONF, PANDAFLOW_TEST_SLURM=1
 #                                 (skipped if PANDAFLOW_TEST_SLURM is already set)
-#   3. ruff check pandaflow tests benchmarks
+#   3. ruff check pandaflow tests benchmarks examples docs
 #   4. python -m pytest tests -q -p no:randomly "$@"
 #   5. scripts/parsl-tests.sh     parsl's own suite against PandaExecutor
+#   6. scripts/docs.sh            the documentation site, warnings as errors
+#      scripts/wheel-check.sh     sdist + wheel built, the wheel installed in a clean venv and run
 #
 # Every part runs even if an earlier one failed (unless setup itself failed);
 # the exit status is non-zero if any part failed, and a summary is printed.
@@ -142,7 +144,7 @@ fi
 
 # --- 3. lint ------------------------------------------------------------------
 lint_paths=()
-for p in pandaflow tests benchmarks; do [ -e "$p" ] && lint_paths+=("$p"); done
+for p in pandaflow tests benchmarks examples docs; do [ -e "$p" ] && lint_paths+=("$p"); done
 run_part "ruff check ${lint_paths[*]}" ruff check "${lint_paths[@]}"
 
 # --- 4. project test suite ----------------------------------------------------
@@ -150,6 +152,10 @@ run_part "pytest tests" "$PY" -m pytest tests -q -p no:randomly "$@"
 
 # --- 5. parsl's own test suite against PandaExecutor --------------------------
 run_part "parsl test suite (PandaExecutor)" "$REPO/scripts/parsl-tests.sh"
+
+# --- 6. the documentation site and the wheel ----------------------------------
+run_part "docs site (mkdocs build --strict)" "$REPO/scripts/docs.sh"
+run_part "wheel (build, install in a clean venv, run)" "$REPO/scripts/wheel-check.sh"
 
 print_summary
 exit "$overall"

@@ -244,7 +244,7 @@ def test_the_report_table_has_the_bps_layout():
             {"label": "isr", "counts": dict(zip(HEADER, [1, 0, 0, 1, 0, 0, 1, 0, 0, 3], strict=True))},
         ],
     }
-    assert dags._bps_report_text(data) == "\n".join(
+    assert dags.report_text(data) == "\n".join(
         [
             "X STATE   %S ID OPERATOR RUN",
             "- ------- -- -- -------- -----",

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -11,6 +11,10 @@ from pandaflow import tables
 from pandaflow.cli.output import emit, with_json
 from pandaflow.cli.root import main, settings
 from pandaflow.cli.sources import read, remote
+
+if TYPE_CHECKING:
+    from pandaflow.client import Client
+    from pandaflow.dagfile import DagFile
 
 
 def _plan_text(plan: dict[str, Any]) -> str:
@@ -44,6 +48,41 @@ def _owner(given: str | None) -> str:
         return ""
 
 
+def load_dag(dag_file: str, exit_code: int = 1) -> DagFile:
+    """The validated DAG file; an invalid one is a usage error (exit status ``exit_code``) listing
+    every problem, each naming the file and the key (``pandaflow submit`` and ``pandaflow run``)."""
+    from pandaflow import dagfile
+
+    try:
+        return dagfile.load(dag_file)
+    except dagfile.DagFileError as exc:
+        error = click.ClickException(str(exc))
+        error.exit_code = exit_code
+        raise error from None
+
+
+def send(client: Client, dag: DagFile, owner: str | None) -> dict[str, Any]:
+    """Submit the DAG file's workflow to the client's server; returns the server's answer."""
+    body = dag.body
+    return client.submit(
+        body["name"], body["jobs"], owner=_owner(owner or dag.owner), available=dag.available,
+        sites=dag.sites, site=dag.site,
+    )  # fmt: skip
+
+
+def submitted_lines(dag: DagFile, sent: dict[str, Any]) -> list[str]:
+    """What the server stored of a submitted DAG file: the workflow id, its jobs, those ready now."""
+    lines = [
+        f"submitted workflow {sent['workflow_id']} {dag.name!r}: {len(sent['job_ids'])} job(s) in "
+        f"{len(dag.labels)} task(s), {len(dag.roots())} ready now, the others wait for their inputs"
+    ]
+    if sent["duplicates"]:
+        lines.append(f"{len(sent['duplicates'])} job(s) had been submitted before and were kept as they were")
+    if sent.get("sites"):
+        lines.append("jobs per site: " + ", ".join(f"{site} {n}" for site, n in sent["sites"].items()))
+    return lines
+
+
 @main.command()
 @click.argument("dag_file", type=click.Path(dir_okay=False))
 @click.option(
@@ -59,42 +98,21 @@ def submit(dag_file: str, dry_run: bool, owner: str | None) -> None:
     The file is validated here first (errors name the file and the key), then sent to the
     server, which stores every job or none.
     """
-    from pandaflow import dagfile
-
     if settings().db_url and not dry_run:
         raise click.ClickException(
             "submit needs a running server: it brokers the jobs to queues and its dispatcher hands them "
             "to pilots, so a database alone cannot take them. Drop --db and start `pandaflow server` "
             "(or pass --server URL); `pandaflow submit --dry-run FILE` checks a file without one"
         )
-    try:
-        dag = dagfile.load(dag_file)
-    except dagfile.DagFileError as exc:
-        raise click.ClickException(str(exc)) from None
+    dag = load_dag(dag_file)
     if dry_run:
         emit(dag.plan(), _plan_text)
         return
-    body = dag.body
-    sent = remote(
-        lambda c: c.submit(
-            body["name"], body["jobs"], owner=_owner(owner or dag.owner), available=dag.available,
-            sites=dag.sites, site=dag.site,
-        )
-    )  # fmt: skip
+    sent = remote(lambda c: send(c, dag, owner))
     wid = sent["workflow_id"]
-    n_roots = len(dag.roots())
 
     def text(data: dict[str, Any]) -> str:
-        lines = [
-            f"submitted workflow {wid} {dag.name!r}: {len(data['job_ids'])} job(s) in {len(dag.labels)} "
-            f"task(s), {n_roots} ready now, the others wait for their inputs"
-        ]
-        if data["duplicates"]:
-            lines.append(
-                f"{len(data['duplicates'])} job(s) had been submitted before and were kept as they were"
-            )
-        if data.get("sites"):
-            lines.append("jobs per site: " + ", ".join(f"{site} {n}" for site, n in data["sites"].items()))
+        lines = submitted_lines(dag, data)
         lines.append(f"follow it with:  pandaflow report {wid}")
         lines.append(f"                 pandaflow jobs --workflow {wid}")
         lines.append(f"cancel it with:  pandaflow cancel --workflow {wid}")
@@ -137,7 +155,8 @@ def _aligned(
     return "\n".join(out)
 
 
-def _bps_report_text(data: dict[str, Any]) -> str:
+def report_text(data: dict[str, Any]) -> str:
+    """A workflow's report (``queries.report``) as ``pandaflow report`` prints it."""
     percent = "UNK" if data["percent_succeeded"] is None else data["percent_succeeded"]
     summary = _aligned(
         [[_bps_flag(data), data["bps_state"], percent, data["id"], data["owner"], data["name"]]],
@@ -153,7 +172,39 @@ def _bps_report_text(data: dict[str, Any]) -> str:
 
 @main.command()
 @click.argument("workflow_id", type=int)
+@click.option(
+    "--wait", is_flag=True,
+    help="Wait until every job of the workflow has ended, then print the report; the exit status is "
+    "0 if the run SUCCEEDED, 1 if not.",
+)  # fmt: skip
+@click.option(
+    "--timeout", type=click.FloatRange(min=0), default=None, metavar="SECONDS",
+    help="With --wait: stop waiting after this long (exit status 2).",
+)  # fmt: skip
 @with_json
-def report(workflow_id: int) -> None:
+def report(workflow_id: int, wait: bool, timeout: float | None) -> None:
     """Jobs of a workflow by task (label) and state, in the `bps report` layout."""
-    emit(read("report", workflow_id=workflow_id), _bps_report_text)
+    if timeout is not None and not wait:
+        raise click.UsageError("--timeout goes with --wait")
+    data = read("report", workflow_id=workflow_id)
+    if wait:
+        data = _wait_for_end(workflow_id, data, timeout)
+    emit(data, report_text)
+    if wait and data["bps_state"] != "SUCCEEDED":
+        raise SystemExit(2 if data["bps_state"] == "RUNNING" else 1)
+
+
+def _wait_for_end(workflow_id: int, data: dict[str, Any], timeout: float | None) -> dict[str, Any]:
+    """Poll the report (once a second, then every 2 s) until the run is no longer RUNNING."""
+    import time
+
+    deadline = None if timeout is None else time.monotonic() + timeout
+    pause = 0.25
+    while data["bps_state"] == "RUNNING":
+        if deadline is not None and time.monotonic() >= deadline:
+            click.echo(f"workflow {workflow_id} still running after {timeout:g} s", err=True)
+            break
+        time.sleep(pause if deadline is None else max(0.0, min(pause, deadline - time.monotonic())))
+        pause = min(pause * 2, 2.0)
+        data = read("report", workflow_id=workflow_id)
+    return data

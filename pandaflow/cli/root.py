@@ -16,6 +16,8 @@ def setup_logging(verbose: bool) -> None:
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
         stream=sys.stderr,
     )
+    if not verbose:  # schema migrations say what they do only when asked (-v)
+        logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
 @dataclass

@@ -42,10 +42,15 @@ def server(db_url, host, port, zmq_port, queues_file, token_file, heartbeat_inte
            info_file, exit_with, verbose) -> None:  # fmt: skip
     """Run the job server (REST API + ZeroMQ dispatcher)."""
     from pandaflow.server.app import Server, ServerConfig
-    from pandaflow.server.jobs.queues import QueueConfigError
+    from pandaflow.server.jobs.queues import QueueConfigError, load_queues
     from pandaflow.server.store.db import DatabaseError
 
     setup_logging(verbose)
+    if queues_file is not None:  # a file with a mistake is refused before anything is made
+        try:
+            load_queues(queues_file)
+        except QueueConfigError as exc:
+            raise click.ClickException(str(exc)) from None
     home = pf_config.home()
     token = pf_config.load_token(None, token_file)
     if token is None:

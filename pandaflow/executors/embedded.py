@@ -40,6 +40,8 @@ class Processes:
         self.provider: Any = None
         self.queue = "local"
         self.workers = 1
+        self.workdir: str | None = None  # the local pilots' --workdir (default: their cwd)
+        self.env: dict[str, str] = {}  # added to the environment of every process (and so of every job)
 
     # ---------------------------------------------------------------- the embedded server
     def start_server(self, db_url: str | None, heartbeat_interval: float) -> tuple[str, str, str]:
@@ -60,6 +62,8 @@ class Processes:
     def pilot_cmd(self, name: str | None = None) -> list[str]:
         cmd = [sys.executable, "-m", "pandaflow.pilot", "--zmq", self.zmq_endpoint, "--queue", self.queue,
                "--cores", str(self.workers)]  # fmt: skip
+        if self.workdir:
+            cmd += ["--workdir", self.workdir]
         if name:
             cmd += ["--name", f"{self.client_id[:8]}-{name}"]
         return cmd
@@ -81,7 +85,7 @@ class Processes:
 
     # ---------------------------------------------------------------- life
     def spawn(self, name: str, cmd: list[str]) -> None:
-        env = dict(os.environ, PANDAFLOW_TOKEN=self.token)
+        env = {**os.environ, **self.env, "PANDAFLOW_TOKEN": self.token}
         with open(os.path.join(self.home, f"{name}.log"), "ab") as logf:
             self.procs[name] = subprocess.Popen(
                 cmd, env=env, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,

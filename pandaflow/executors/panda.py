@@ -68,23 +68,31 @@ def _check_spec(spec: dict[str, Any]) -> dict[str, Any]:
 class PandaExecutor(ParslExecutor, RepresentationMixin):
     """Run parsl apps as durable pandaflow jobs.
 
-    Parameters
-    ----------
-    label: the executor's label in the parsl config.
-    server_url: REST URL of a running server; ``None`` starts an embedded one.
-    token: the server's token (attach mode; default from ``$PANDAFLOW_TOKEN`` / ``~/.pandaflow/token``).
-    provider: a parsl ``ExecutionProvider`` that launches pilots (``init_blocks`` of them) instead of
-        local pilot processes.
-    workers: worker slots of the local pilot (embedded mode; default: CPU count).
-    pilots: how many local pilots to start (embedded mode).
-    queue: queue the pilots serve, and the tasks' default queue.
-    workflow: name of the workflow the tasks are recorded under (default: ``parsl <run_id>``).
-    max_attempts: attempts a task gets when infrastructure fails it (lost pilot, killed worker).
-    db_url: database of the embedded server (default: SQLite under the run directory).
-    heartbeat_interval: seconds between pilot heartbeats (embedded server).
-    memory_escalation: a task killed for exceeding its memory is retried asking more (its queue's
-        ``memory_multiplier``, capped); ``False`` keeps every task's request (a task's own
-        ``resource_specification={"memory_multiplier": ...}`` still wins).
+    Each app call becomes a job of the server: brokered to a queue that fits its
+    ``resource_specification``, retried when infrastructure fails it, visible afterwards
+    (``pandaflow jobs``, ``pandaflow job ID``).
+
+    Args:
+        label: the executor's label in the parsl config.
+        server_url: REST URL of a running server; ``None`` starts an embedded one (SQLite under
+            parsl's run directory) with local pilots, stopped on shutdown.
+        token: the server's token (attach mode; default ``$PANDAFLOW_TOKEN``, else
+            ``$PANDAFLOW_HOME/token``).
+        provider: a parsl ``ExecutionProvider`` that launches pilots (``init_blocks`` of them)
+            instead of local pilot processes.
+        workers: worker slots of the local pilot (embedded mode; default: the CPU count).
+        pilots: how many local pilots to start (embedded mode).
+        queue: the queue the pilots serve, and the tasks' default queue.
+        workflow: name of the workflow the tasks are recorded under (default: ``parsl <run_id>``).
+        max_attempts: attempts a task gets when infrastructure fails it (lost pilot, killed
+            worker); a task's own ``max_attempts`` wins.
+        db_url: database of the embedded server (default: SQLite under the run directory).
+        heartbeat_interval: seconds between pilot heartbeats (embedded server).
+        storage_access: parsl data staging providers, as for any parsl executor.
+        working_dir: parsl's working directory of the executor, as for any parsl executor.
+        memory_escalation: a task killed for exceeding its memory is retried asking more (its
+            queue's ``memory_multiplier``, capped); ``False`` keeps every task's request (a task's
+            own ``resource_specification={"memory_multiplier": ...}`` still wins).
     """
 
     def __init__(
@@ -136,6 +144,7 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
 
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
+        """Start the embedded server and pilots, or attach to ``server_url`` (called by parsl)."""
         self._home = os.path.join(self.run_dir, self.label)
         os.makedirs(self._home, exist_ok=True)
         self._embedded = self.server_url is None
@@ -182,6 +191,8 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
         self._started = True
 
     def shutdown(self) -> None:
+        """Stop talking to the server, stop what :meth:`start` started, and fail the futures of tasks
+        that have not finished (called by parsl)."""
         self._stop.set()
         if self._thread is not None:
             self._wake()
@@ -196,6 +207,13 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
 
     # ---------------------------------------------------------------- submission
     def submit(self, func: Any, resource_specification: dict[str, Any], *args: Any, **kwargs: Any) -> Future:
+        """Send ``func(*args, **kwargs)`` to the server as a python job; the future resolves to its
+        result, or raises its exception (or :class:`TaskFailed`).
+
+        Raises:
+            InvalidResourceSpecification: a ``resource_specification`` key that is unknown, or a
+                value of the wrong type or range (the message names the key).
+        """
         job = _check_spec(resource_specification)
         buffer = pack_apply_message(func, args, kwargs, buffer_threshold=1 << 20)
         with self._lock:

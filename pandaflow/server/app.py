@@ -30,17 +30,31 @@ class ServerConfig:
     """Validated server settings (``pandaflow server --help`` documents each)."""
 
     db_url: str = field(default_factory=pf_config.default_db_url)
+    """Database URL: ``sqlite:///PATH`` or ``postgresql+psycopg://user:pass@host/db``."""
     host: str = "127.0.0.1"
+    """Address the REST API and the ZeroMQ dispatcher bind to (loopback unless told)."""
     port: int = 8800
-    zmq_port: int | None = None  # default: port + 1
+    """REST port, 0..65535 (0: any free port)."""
+    zmq_port: int | None = None
+    """ZeroMQ port of the dispatcher (None: ``port`` + 1, or any free port when ``port`` is 0)."""
     queues_file: str | None = None
+    """Queue description JSON (None: the shipped ``configs/queues/local.json``)."""
     token: str | None = None
+    """Bearer token of the REST API and ZeroMQ messages (None: a new random one)."""
     heartbeat_interval: float = 5.0
+    """Seconds between pilot heartbeats (positive)."""
     heartbeat_timeout: float | None = None
-    info_file: str | None = None  # where to publish url/zmq/pid for clients on this machine
-    harvester: bool = False  # also run a harvester thread for the queues that name a provider
-    harvester_interval: float = 10.0  # seconds between harvester cycles
-    harvester_workdir: str | None = None  # default: harvester/ beside a SQLite file, else under home
+    """Seconds of silence before a pilot is lost and its running jobs retried (None: three heartbeat
+    intervals, at least 10 s)."""
+    info_file: str | None = None
+    """Where to publish the server's URL, ZeroMQ endpoint and pid for clients on this machine."""
+    harvester: bool = False
+    """Also run a harvester thread for the queues that name a provider."""
+    harvester_interval: float = 10.0
+    """Seconds between harvester cycles."""
+    harvester_workdir: str | None = None
+    """The harvester's work directory (None: ``harvester/`` beside a SQLite file, else under
+    ``$PANDAFLOW_HOME``)."""
 
     def __post_init__(self) -> None:
         if not (0 <= self.port < 65536):

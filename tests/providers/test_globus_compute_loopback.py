@@ -14,6 +14,7 @@ result watcher does, into a ``ComputeFuture``. Only the network hops are missing
 from __future__ import annotations
 
 import multiprocessing
+import sys
 import time
 import uuid
 
@@ -238,3 +239,30 @@ def test_the_production_engine_runs_and_stops_a_pilot(tmp_path, monkeypatch):
         assert result["log_tail"].endswith("draining\n")  # the whole process group got SIGTERM
     finally:
         engine.shutdown()
+
+
+def test_a_stop_waits_for_the_pilot_to_drain_even_when_the_shell_does_not_exec_it(tmp_path):
+    """dash does not exec a command followed by another: the SIGTERM kills the shell at once while
+    the pilot drains, and the stop is over only when the pilot is gone too."""
+    import threading
+
+    from pandaflow.providers.globus_compute.functions import run_pilot
+
+    drained = tmp_path / "drained"
+    pilot = (
+        "import pathlib, signal, sys, time\n"
+        "def drain(*_):\n"
+        "    time.sleep(1.0)\n"
+        f"    pathlib.Path({str(drained)!r}).write_text('reported')\n"
+        "    sys.exit(0)\n"
+        "signal.signal(signal.SIGTERM, drain)\n"
+        "time.sleep(60)\n"
+    )
+    script = tmp_path / "pilot.py"
+    script.write_text(pilot)
+    command = f"{sys.executable} {script}; echo after"  # not the shell's last word: no exec
+    state = tmp_path / "state"
+    threading.Timer(1.0, lambda: (state / "k.stop").write_text("stop")).start()
+    result = run_pilot(command, "k", str(state), poll_s=0.2, grace_s=30)
+    assert result["stopped"] == "asked to stop"
+    assert drained.read_text() == "reported"  # run_pilot returned after the pilot had drained

@@ -77,6 +77,16 @@ def run_pilot(
                 os.killpg(proc.pid, signal.SIGTERM)  # the pilot drains: reports its jobs, exits
         elif time.time() - signalled > grace_s:
             os.killpg(proc.pid, signal.SIGKILL)
+    # A shell that does not exec its last command (dash) dies of the SIGTERM at once while the
+    # pilot drains: the stop is over when the whole process group is gone, within the grace.
+    while signalled is not None:
+        try:
+            os.killpg(proc.pid, 0)
+        except (ProcessLookupError, PermissionError):
+            break
+        if time.time() - signalled > grace_s:
+            os.killpg(proc.pid, signal.SIGKILL)
+        time.sleep(min(poll_s, 0.5))
     for path in (pid_path, stop_path):
         try:
             os.remove(path)

@@ -166,6 +166,8 @@ _FIELDS = {
     "description": str,
 }
 _CHOICES = {"status": ("online", "offline"), "mode": ("pull", "push")}
+#: Inclusive bounds of the numeric keys that "not negative" does not say (low, high; None: open).
+_BOUNDS: dict[str, tuple[float, float | None]] = {"cores": (1, None), "memory_multiplier": (1, 100)}
 
 
 def parse_queues(data: Any, source: str = "<queues>") -> list[Queue]:
@@ -215,11 +217,13 @@ def parse_queues(data: Any, source: str = "<queues>") -> list[Queue]:
                 f"{where}: min_memory_mb ({queue.min_memory_mb}) is above "
                 f"max_memory_mb ({queue.max_memory_mb})"
             )
-        if queue.cores < 1:
-            raise QueueConfigError(f"{where}.cores: must be at least 1")
-        if not 1 <= queue.memory_multiplier <= 100:
+        low, _ = _BOUNDS["cores"]
+        if queue.cores < low:
+            raise QueueConfigError(f"{where}.cores: must be at least {low:g}")
+        low, high = _BOUNDS["memory_multiplier"]
+        if not low <= queue.memory_multiplier <= high:
             raise QueueConfigError(
-                f"{where}.memory_multiplier: must be from 1 (no escalation) to 100, "
+                f"{where}.memory_multiplier: must be from {low:g} (no escalation) to {high:g}, "
                 f"got {queue.memory_multiplier!r}"
             )
         _check_workers(queue, where)
