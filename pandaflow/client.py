@@ -303,6 +303,53 @@ class Client:
         params = {"queue": queue, "state": state, "limit": limit, "offset": offset}
         return self._json("GET", "/workers", params=params)
 
+    # ---------------------------------------------------------------- loops
+
+    def open_loop(
+        self,
+        name: str,
+        kind: str,
+        config: dict[str, Any],
+        budget: int,
+        direction: str = "",
+        workflow: str = "",
+        owner: str = "",
+    ) -> dict[str, Any]:
+        """Create the loop ``name`` or resume it (same ``kind``, ``config`` and ``direction``, else a
+        409 :class:`ClientError`); returns the loop as :meth:`get_loop` does."""
+        body = {"name": name, "kind": kind, "config": config, "budget": budget, "direction": direction,
+                "workflow": workflow, "owner": owner}  # fmt: skip
+        return self._json("POST", "/loops", body=body)
+
+    def record_trials(self, name: str, trials: list[dict[str, Any]]) -> dict[str, Any]:
+        """Record trials of a loop (all or none): each ``{"number", "params"?, "state"?, "value"?,
+        "error"?, "attempts"?, "iteration"?, "job_uid"?}``; ``params`` the first time."""
+        return self._json("POST", f"/loops/{name}/trials", body={"trials": trials})
+
+    def end_loop(
+        self, name: str, status: str, message: str = "", summary: dict[str, Any] | None = None
+    ) -> dict[str, Any]:
+        """Record how a loop ended: ``finished``, ``failed`` or ``stopped``."""
+        body: dict[str, Any] = {"status": status, "message": message}
+        if summary is not None:
+            body["summary"] = summary
+        return self._json("POST", f"/loops/{name}/end", body=body)
+
+    def list_loops(self, limit: int = 100, offset: int = 0) -> dict[str, Any]:
+        """A page of loops, newest first, with their progress and best trial."""
+        return self._json("GET", "/loops", params={"limit": limit, "offset": offset})
+
+    def get_loop(self, name: str) -> dict[str, Any]:
+        """One loop: settings, trial counts, progress, best trial, summary."""
+        return self._json("GET", f"/loops/{name}")
+
+    def list_trials(
+        self, name: str, state: str | None = None, order: str = "number", limit: int = 100, offset: int = 0
+    ) -> dict[str, Any]:
+        """A page of a loop's trials, by number or (``order="value"``) best first."""
+        params = {"state": state, "order": order, "limit": limit, "offset": offset}
+        return self._json("GET", f"/loops/{name}/trials", params=params)
+
 
 def discover(server_url: str, token: str | None, timeout: float = 30.0) -> str:
     """The ZeroMQ endpoint of the server whose REST API is at ``server_url``, retrying until

@@ -119,6 +119,9 @@ class Submit(_ToServer, tag="submit", kw_only=True):
     workflow: str = "default"
     owner: str = ""
     fresh: bool = False
+    # A named run's first send after a (re)start: jobs already stored are re-attached (finished
+    # ones answered at once, failed or cancelled ones run again, the others awaited).
+    attach: bool = False
     jobs: list[dict[str, Any]]
 
 
@@ -128,7 +131,12 @@ class Sync(_ToServer, tag="sync", kw_only=True):
 
 
 class Ping(_ToServer, tag="ping", kw_only=True):
+    """An executor's keep-alive: ``grace`` seconds without one and its unfinished jobs are
+    cancelled (0: never); ``run`` is its run name, if it has one."""
+
     client: str = ""
+    run: str = ""
+    grace: float = 0.0
 
 
 class Submitted(_Message, tag="submitted", kw_only=True):

@@ -435,6 +435,44 @@ class ResourceSpecification(Struct, kw_only=True, forbid_unknown_fields=True):
     max_attempts: Attempts | UnsetType = UNSET
     memory_multiplier: Multiplier | UnsetType = UNSET
     memory_max: MemoryCap | UnsetType = UNSET
+    workflow: (
+        Annotated[
+            str,
+            Meta(
+                min_length=1,
+                max_length=NAME_MAX,
+                pattern=r"\S",
+                description="the workflow the task is recorded under (default: the executor's)",
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    task: (
+        Annotated[
+            str,
+            Meta(
+                min_length=1,
+                max_length=NAME_MAX,
+                pattern=r"\S",
+                description="the task (label) the job belongs to (default: the function's name)",
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
+    key: (
+        Annotated[
+            str,
+            Meta(
+                min_length=1,
+                max_length=48,
+                pattern=r"^[A-Za-z0-9._:/+=-]+$",
+                description="the task's identity within a named run (default: function and arguments); "
+                "a rerun with the same run name gets the result of the task with the same key back",
+                extra={"expected": "1-48 characters of letters, digits and ._:/+=-"},
+            ),
+        ]
+        | UnsetType
+    ) = UNSET
 
 
 #: resource_specification key -> (job field, factor from the key's unit to the field's).
@@ -448,6 +486,9 @@ RESOURCE_FIELDS: dict[str, tuple[str, float | None]] = {
     "max_attempts": ("max_attempts", None),
     "memory_multiplier": ("memory_multiplier", None),
     "memory_max": ("memory_max_mb", None),
+    "workflow": ("workflow", None),  # taken by the executor: the workflow of the submission
+    "task": ("task", None),
+    "key": ("key", None),  # taken by the executor: part of the job's uid
 }
 RESOURCE_KEYS = tuple(RESOURCE_FIELDS)
 assert RESOURCE_KEYS == ResourceSpecification.__struct_fields__

@@ -31,6 +31,7 @@ from parsl.utils import RepresentationMixin
 from pandaflow import config as pf_config
 from pandaflow import protocol
 from pandaflow import spec as job_spec
+from pandaflow.executors import keys as task_keys
 from pandaflow.executors.embedded import Processes
 
 log = logging.getLogger(__name__)
@@ -41,6 +42,8 @@ _RESEND_AFTER = 10.0
 _SYNC_EVERY = 10.0
 _WINDOW = 2  # submissions in flight before new jobs wait to be batched
 _MAX_BATCH = 2000
+GRACE = 120.0  # seconds the server keeps an unnamed run's jobs after its executor went silent
+RUN_GRACE = 3600.0  # the same for a named run (a rerun re-attaches within it)
 
 
 class TaskFailed(Exception):
@@ -93,6 +96,18 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
         memory_escalation: a task killed for exceeding its memory is retried asking more (its
             queue's ``memory_multiplier``, capped); ``False`` keeps every task's request (a task's
             own ``resource_specification={"memory_multiplier": ...}`` still wins).
+        run_name: makes the run resumable: a rerun of the script with the same ``run_name`` gets
+            the results of the tasks that finished back from the server instead of running them
+            again, waits for those still running, and runs again those that failed. Tasks are
+            matched by key (function, source and arguments, see :mod:`pandaflow.executors.keys`,
+            or a task's own ``resource_specification={"key": ...}``). The embedded server keeps
+            its database in ``$PANDAFLOW_HOME/runs/<run_name>/``, where the rerun finds it.
+        orphan_grace: seconds the server keeps this run's unfinished jobs once the executor is no
+            longer heard (its driver died), for a restart to re-attach; then they are cancelled.
+            Default 120 s, or 3600 s with a ``run_name``; 0 keeps them forever.
+
+    Every task may also name, in its ``parsl_resource_specification``, the ``workflow`` and the
+    ``task`` (label) it is recorded under.
     """
 
     def __init__(
@@ -111,6 +126,8 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
         storage_access: list[Any] | None = None,
         working_dir: str | None = None,
         memory_escalation: bool = True,
+        run_name: str | None = None,
+        orphan_grace: float | None = None,
     ):
         super().__init__()
         self.label = label
@@ -127,7 +144,13 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
         self.storage_access = storage_access
         self.working_dir = working_dir
         self.memory_escalation = memory_escalation
-        self.client_id = uuid.uuid4().hex
+        self.run_name = task_keys.check_run_name(run_name) if run_name is not None else None
+        if orphan_grace is not None and not orphan_grace >= 0:
+            raise ValueError(f"orphan_grace={orphan_grace!r}: give seconds >= 0 (0: keep the jobs forever)")
+        self.orphan_grace = orphan_grace
+        self.client_id = task_keys.client_id(self.run_name) if self.run_name else uuid.uuid4().hex
+        self._calls: dict[str, int] = {}  # call key -> calls so far in this run (named runs)
+        self._lockf: Any = None
         self._counter = 0
         self._lock = threading.Lock()
         self._futures: dict[str, Future] = {}
@@ -145,9 +168,14 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
     # ---------------------------------------------------------------- lifecycle
     def start(self) -> None:
         """Start the embedded server and pilots, or attach to ``server_url`` (called by parsl)."""
-        self._home = os.path.join(self.run_dir, self.label)
-        os.makedirs(self._home, exist_ok=True)
         self._embedded = self.server_url is None
+        if self.run_name and self._embedded:
+            self._home = str(pf_config.home() / "runs" / self.run_name)
+            os.makedirs(self._home, exist_ok=True)
+            self._lock_run()
+        else:
+            self._home = os.path.join(self.run_dir, self.label)
+            os.makedirs(self._home, exist_ok=True)
         self._local = Processes(self._home, self.label, self.client_id)
         self._local.queue, self._local.workers = self.queue or "local", self.workers
         if self._embedded:
@@ -167,7 +195,10 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
 
             self.zmq_endpoint = discover(self.server_url, self.token)
             self._local.token, self._local.zmq_endpoint = self.token, self.zmq_endpoint
-        self.workflow = self.workflow or f"parsl {self.run_id or self.client_id[:8]}"
+        self.workflow = self.workflow or self.run_name or f"parsl {self.run_id or self.client_id[:8]}"
+        self._grace = (
+            self.orphan_grace if self.orphan_grace is not None else (RUN_GRACE if self.run_name else GRACE)
+        )
         self._ctx = zmq.Context.instance()
         self._owner = os.environ.get("USER", "")
         self._tx_lock = threading.Lock()
@@ -203,7 +234,31 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
         for fut in list(self._futures.values()):
             if not fut.done():
                 fut.set_exception(TaskFailed("?", "lost", 0, "executor shut down before the task finished"))
+        if self._lockf is not None:
+            self._lockf.close()
+            self._lockf = None
         super().shutdown()
+
+    def _lock_run(self) -> None:
+        """One driver per named run on an embedded server: a second one would share its database."""
+        import fcntl
+
+        self._lockf = open(os.path.join(self._home, "driver.lock"), "a+")
+        try:
+            fcntl.flock(self._lockf, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            self._lockf.seek(0)
+            other = self._lockf.read().strip() or "?"
+            self._lockf.close()
+            self._lockf = None
+            raise RuntimeError(
+                f"run {self.run_name!r} is already being driven by process {other} (lock "
+                f"{self._home}/driver.lock): stop that driver, or give this one another run_name"
+            ) from None
+        self._lockf.seek(0)
+        self._lockf.truncate()
+        self._lockf.write(str(os.getpid()))
+        self._lockf.flush()
 
     # ---------------------------------------------------------------- submission
     def submit(self, func: Any, resource_specification: dict[str, Any], *args: Any, **kwargs: Any) -> Future:
@@ -215,18 +270,21 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
                 value of the wrong type or range (the message names the key).
         """
         job = _check_spec(resource_specification)
+        workflow = job.pop("workflow", None) or self.workflow or "default"
+        key = job.pop("key", None)
         buffer = pack_apply_message(func, args, kwargs, buffer_threshold=1 << 20)
         with self._lock:
             self._counter += 1
             task_id = self._counter
-        uid = f"{self.client_id}-{task_id}"
-        job.update(
-            uid=uid,
-            kind="python",
-            buffer=buffer,
-            task=getattr(func, "__name__", "task"),
-            name=f"{getattr(func, '__name__', 'task')}-{task_id}",
-        )
+            if self.run_name:
+                key = key or task_keys.call_key(func, args, kwargs) or f"n{task_id}"
+                self._calls[key] = seen = self._calls.get(key, 0) + 1
+                key = key if seen == 1 else f"{key}.{seen}"
+        uid = f"{self.client_id}-{key}" if key else f"{self.client_id}-{task_id}"
+        fname = getattr(func, "__name__", "task")
+        job.update(uid=uid, kind="python", buffer=buffer, name=f"{fname}-{task_id}")
+        job.setdefault("task", fname)
+        job["workflow"] = workflow
         job.setdefault("max_attempts", self.max_attempts)
         if not self.memory_escalation:
             job.setdefault("memory_multiplier", 1.0)
@@ -234,6 +292,8 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
             job["queue"] = self.queue
         fut: Future = Future()
         fut.parsl_executor_task_id = task_id  # type: ignore[attr-defined]
+        if uid in self._futures:
+            raise ValueError(f"two tasks of one run with the key {key!r}: give each its own key")
         self._futures[uid] = fut
         # Adaptive batching: with few submissions in flight the job leaves at once, from the
         # submitting thread on a socket of its own (no hop through the I/O thread); in a burst
@@ -247,21 +307,28 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
         return fut
 
     def _send_pending(self) -> None:
-        """Send the gathered jobs as one submission (the caller holds ``_tx_lock``)."""
+        """Send the gathered jobs as one submission per workflow (the caller holds ``_tx_lock``)."""
         while self._pending:
             jobs, self._pending = self._pending[:_MAX_BATCH], self._pending[_MAX_BATCH:]
-            self._batch_seq += 1
-            self._unacked[self._batch_seq] = (time.time(), jobs)
-            self._tx.send(protocol.encode(self._submit_message(self._batch_seq, jobs, fresh=True)))
+            by_workflow: dict[str, list[dict[str, Any]]] = {}
+            for job in jobs:
+                by_workflow.setdefault(job["workflow"], []).append(job)
+            for group in by_workflow.values():
+                self._batch_seq += 1
+                self._unacked[self._batch_seq] = (time.time(), group)
+                # A named run's first send may hold tasks a previous run of it stored: re-attach.
+                message = self._submit_message(self._batch_seq, group, fresh=not self.run_name)
+                message.attach = bool(self.run_name)
+                self._tx.send(protocol.encode(message))
 
     def _submit_message(self, seq: int, jobs: list[dict[str, Any]], fresh: bool) -> protocol.Submit:
         return protocol.Submit(
             tok=self.token or "",
             client=self.client_id,
             batch=seq,
-            workflow=self.workflow or "default",
+            workflow=jobs[0]["workflow"],
             owner=self._owner,
-            jobs=jobs,
+            jobs=[{k: v for k, v in job.items() if k != "workflow"} for job in jobs],
             fresh=fresh,
         )
 
@@ -323,6 +390,8 @@ class PandaExecutor(ParslExecutor, RepresentationMixin):
     def _send(self, message: protocol.Ping | protocol.Sync) -> None:
         message.tok = self.token or ""
         message.client = self.client_id
+        if isinstance(message, protocol.Ping):
+            message.run, message.grace = self.run_name or "", self._grace
         self._sock.send(protocol.encode(message))
 
     def _resend(self, before: float) -> None:

@@ -21,14 +21,16 @@ from typing import Any
 
 import msgspec
 import zmq
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, select, update
 
 from pandaflow import protocol
 from pandaflow.server.dispatch import completion, watchdog
 from pandaflow.server.dispatch.allocation import Allocator
-from pandaflow.server.jobs import pilots, submission
+from pandaflow.server.dispatch.clients import Clients
+from pandaflow.server.jobs import control, pilots, states, submission
 from pandaflow.server.jobs.broker import Broker
-from pandaflow.server.store.statements import claim_writes
+from pandaflow.server.store import schema as s
+from pandaflow.server.store.statements import chunks, claim_writes
 
 log = logging.getLogger(__name__)
 
@@ -107,6 +109,7 @@ class Dispatcher:
             broker.queues, [q.name for q in broker.queues.values() if q.mode == "push"]
         )
         self.book = submission.WorkflowBook()
+        self.clients = Clients()
         self._next_sweep = time.time() + self.heartbeat_interval
         self.stats: dict[str, int] = defaultdict(int)
         self.payloads: dict[int, bytes] = {}
@@ -128,6 +131,8 @@ class Dispatcher:
 
     # ---------------------------------------------------------------- thread control
     def start(self) -> None:
+        with self.engine.begin() as conn:
+            self.clients.startup(conn, time.time())
         self._thread = threading.Thread(target=self.run, name="pandaflow-dispatcher", daemon=True)
         self._thread.start()
 
@@ -224,8 +229,8 @@ class Dispatcher:
         """Apply one batch of messages in one transaction, then reply."""
         early: list[tuple[bytes, Any]] = []
         notify: dict[str, list[Any]] = defaultdict(list)
-        for control in controls:
-            self._control(control, early, notify)
+        for hint in controls:
+            self._control(hint, early, notify)
         self._flush(early, notify)
         batch.sort(key=lambda item: _ORDER.get(type(item[1]), 99))
         try:
@@ -414,7 +419,7 @@ class Dispatcher:
     def _submit_all(self, turn: Turn, items: list[tuple[bytes, protocol.Submit]]) -> None:
         """Store every submission of this turn, grouped per client and workflow so that many
         small messages cost one bulk insert; each message gets its own acknowledgement."""
-        groups: dict[tuple[str, str, str, bool], list[dict[str, Any]]] = defaultdict(list)
+        groups: dict[tuple[str, str, str, bool, bool], list[dict[str, Any]]] = defaultdict(list)
         for identity, msg in items:
             # Executors send from a socket of their own and take replies on their main one.
             msg.client = msg.client or identity.decode(errors="replace")
@@ -432,8 +437,8 @@ class Dispatcher:
                     rejected[uid or f"jobs[{i}]"] = "; ".join(exc.problems).replace("jobs[0]", f"jobs[{i}]")
             reply.rejected = rejected
             reply.accepted = len(clean)
-            groups[(msg.client, msg.workflow or "default", msg.owner, msg.fresh)].extend(clean)
-        for (client, workflow, owner, fresh), clean in groups.items():
+            groups[(msg.client, msg.workflow or "default", msg.owner, msg.fresh, msg.attach)].extend(clean)
+        for (client, workflow, owner, fresh, attach), clean in groups.items():
             if not clean:
                 continue
             stored = submission.store(
@@ -443,6 +448,37 @@ class Dispatcher:
             self.allocator.ready(stored.queues)
             self._cache_payloads(stored.payloads)
             self.stats["submitted"] += len(clean)
+            if attach and stored.duplicates:
+                self._reattach(turn, client, [stored.ids[uid] for uid in stored.duplicates])
+
+    def _reattach(self, turn: Turn, client: str, job_ids: list[int]) -> None:
+        """A named run re-sent jobs it had sent before (a rerun of its driver): the finished ones
+        are answered at once, the failed or cancelled ones run again, the others are awaited."""
+        rows = []
+        for part in chunks(job_ids):
+            rows.extend(
+                turn.conn.execute(
+                    select(s.jobs.c.id, s.jobs.c.uid, s.jobs.c.status, s.jobs.c.client).where(
+                        s.jobs.c.id.in_(list(part))
+                    )
+                ).all()
+            )
+        moved = [r.id for r in rows if r.client != client]
+        for part in chunks(moved):  # a run re-attached under another client id: its results follow it
+            turn.conn.execute(update(s.jobs).where(s.jobs.c.id.in_(list(part))).values(client=client))
+        done = [r.uid for r in rows if r.status == states.FINISHED]
+        if done:
+            results, _unknown = completion.result_of(turn.conn, done)
+            turn.notify[client].extend(results)
+        again = [r.id for r in rows if r.status in (states.FAILED, states.CANCELLED)]
+        if again:
+            changed = control.retry(turn.conn, turn.now, job_ids=again)
+            self.allocator.ready({q for q in changed.queues if q} or set(self.broker.queues))
+        self.stats["reattached"] += len(rows)
+        log.info(
+            "client %s re-attached %d job(s): %d finished, %d run again, %d awaited",
+            client[:16], len(rows), len(done), len(again), len(rows) - len(done) - len(again),
+        )  # fmt: skip
 
     def _on_sync(self, turn: Turn, identity: bytes, msg: protocol.Sync) -> None:
         results, unknown = completion.result_of(turn.conn, msg.uids) if msg.uids else ([], [])
@@ -451,6 +487,7 @@ class Dispatcher:
         turn.outbox.append((identity, protocol.Synced(unknown=unknown, epoch=self.epoch)))
 
     def _on_ping(self, turn: Turn, identity: bytes, msg: protocol.Ping) -> None:
+        self.clients.ping(msg.client or identity.decode(errors="replace"), turn.now, msg.grace, msg.run)
         turn.outbox.append((identity, protocol.Pong(epoch=self.epoch)))
 
     # ---------------------------------------------------------------- internals
@@ -480,6 +517,9 @@ class Dispatcher:
         self.pilot_counts = {}
         # Periodically look again at every queue: a request filtered by size may have left work.
         self.allocator.rescan(turn.now)
+        orphaned = self.clients.sweep(turn.conn, turn.now)
+        if orphaned is not None:
+            self._follow(turn, orphaned.effects)
         lost, done = watchdog.sweep(turn.conn, turn.now, self.heartbeat_timeout)
         if lost:
             log.warning(
@@ -492,6 +532,16 @@ class Dispatcher:
                     self.pilot_of.pop(identity, None)
                     self.allocator.forget(identity)
         turn.absorb(done, self)
+
+    def _follow(self, turn: Turn, effects: states.Effects) -> None:
+        """Send what a change made here needs: results to clients, kills to pilots, wake-ups."""
+        for client, results in effects.notify.items():
+            turn.notify[client].extend(results)
+        holders = {pilot_id: identity for identity, (pilot_id, _q) in self.pilot_of.items()}
+        for pilot_id, ids in effects.kill.items():
+            if pilot_id in holders:
+                turn.outbox.append((holders[pilot_id], protocol.Kill(ids=ids)))
+        self.allocator.ready({q for q in effects.queues if q})
 
     @property
     def waiting(self):

@@ -7,7 +7,7 @@ are, and a test converts them into these structs, so the two cannot drift.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import msgspec
 from msgspec import UNSET, Meta, Struct, UnsetType
@@ -418,3 +418,58 @@ class Report(_WorkflowHead, kw_only=True):
     columns: doc(list[str], "the columns of the table, in order")
     total: BpsCounts  # type: ignore[valid-type]
     labels: doc(list[ReportLabel], "one row per task (pipeline label), in submission order")
+
+
+# ---------------------------------------------------------------- loops
+
+TrialState = Literal["running", "complete", "failed"]
+
+
+class Trial(Struct, kw_only=True):
+    """One evaluation of a loop: the point, and what it gave."""
+
+    number: int
+    iteration: doc(int, "its batch: the task its job is in")
+    params: dict[str, Any]
+    state: TrialState
+    value: float | None
+    error: str
+    attempts: doc(int, "evaluations (the loop's own retries of a failed one)")
+    job_uid: doc(str | None, "the job of its latest evaluation")
+    created_at: Time
+    ended_at: Time
+
+
+class Loop(Struct, kw_only=True):
+    """A loop with its progress and best trial so far."""
+
+    name: str
+    kind: Literal["hpo", "active_learning"]
+    owner: str
+    status: Literal["running", "finished", "failed", "stopped"]
+    message: str
+    direction: Literal["minimize", "maximize"] | None
+    budget: int
+    done: doc(int, "trials that ended (complete or failed)")
+    progress: doc(float, "done / budget, from 0 to 1")
+    counts: dict[str, int]
+    best: Trial | None
+    workflow: str
+    workflow_id: int | None
+    config: dict[str, Any]
+    summary: dict[str, Any] | None
+    created_at: Time
+    updated_at: Time
+    ended_at: Time
+
+
+class LoopPage(Page, kw_only=True):
+    loops: list[Loop]
+
+
+class TrialPage(Page, kw_only=True):
+    trials: list[Trial]
+
+
+class TrialsRecorded(Struct, kw_only=True):
+    numbers: list[int]

@@ -26,7 +26,7 @@ from werkzeug.exceptions import HTTPException
 from pandaflow import problems, spec
 from pandaflow.server.front import apischema, collector, queries
 from pandaflow.server.front.openapi import document as openapi_document
-from pandaflow.server.jobs import control, sites, submission
+from pandaflow.server.jobs import control, loops, sites, submission
 from pandaflow.server.store import schema as s
 
 log = logging.getLogger(__name__)
@@ -513,3 +513,68 @@ def summary():
 @api.get("/errors")
 def errors():
     return jsonify(_read(queries.error_summary, **_query(apischema.ErrorsQuery)))
+
+
+# ---------------------------------------------------------------- loops
+
+
+def _loop_write(fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+    """Run a write of :mod:`pandaflow.server.jobs.loops` in one transaction (all or nothing)."""
+    try:
+        with state().engine.begin() as conn:
+            return fn(conn, time.time(), *args, **kwargs)
+    except loops.LoopConflict as exc:
+        raise ApiError(409, f"{exc}; nothing was changed") from None
+    except loops.LoopMissing as exc:
+        raise ApiError(404, str(exc)) from None
+    except ValueError as exc:
+        raise ApiError(400, f"{exc}; nothing was changed") from None
+
+
+@api.get("/loops")
+def list_loops():
+    return jsonify(_read(queries.list_loops, **_query(apischema.LoopsQuery)))
+
+
+@api.post("/loops")
+def open_loop():
+    _query()
+    body = _body(apischema.OpenLoop)
+    _, created = _loop_write(
+        loops.open_loop, name=body.name, kind=body.kind, config=body.config, budget=body.budget,
+        direction=body.direction, workflow=body.workflow, owner=body.owner,
+    )  # fmt: skip
+    response = jsonify(_read(queries.get_loop, body.name))
+    response.status_code = 201 if created else 200
+    response.headers["Location"] = url_for("api.get_loop", name=body.name)
+    return response
+
+
+@api.get("/loops/<name>")
+def get_loop(name: str):
+    _query()
+    return jsonify(_read(queries.get_loop, name))
+
+
+@api.get("/loops/<name>/trials")
+def list_trials(name: str):
+    return jsonify(_read(queries.list_trials, name, **_query(apischema.TrialsQuery)))
+
+
+@api.post("/loops/<name>/trials")
+def record_trials(name: str):
+    _query()
+    body = _body(apischema.RecordTrials)
+    numbers = [t.number for t in body.trials]
+    if len(set(numbers)) != len(numbers):
+        raise ApiError(400, "a trial number appears twice in 'trials': send each once; nothing was changed")
+    trials = [problems.present(t) for t in body.trials]
+    return jsonify(numbers=_loop_write(loops.record_trials, name, trials))
+
+
+@api.post("/loops/<name>/end")
+def end_loop(name: str):
+    _query()
+    body = _body(apischema.EndLoop)
+    _loop_write(loops.end_loop, name, body.status, body.message, _given(body.summary))
+    return jsonify(_read(queries.get_loop, name))

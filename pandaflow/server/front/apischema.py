@@ -9,7 +9,7 @@ document from both, and from :mod:`pandaflow.spec`.
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from msgspec import UNSET, Meta, Struct, UnsetType
 
@@ -50,9 +50,9 @@ class JobsQuery(PageQuery, kw_only=True, forbid_unknown_fields=True):
 
 
 class LogQuery(Struct, kw_only=True, forbid_unknown_fields=True):
-    attempt: (
-        doc(Annotated[int, Meta(ge=1, le=INT_MAX)], "attempt number (default: latest)") | UnsetType
-    ) = UNSET
+    attempt: doc(Annotated[int, Meta(ge=1, le=INT_MAX)], "attempt number (default: latest)") | UnsetType = (
+        UNSET
+    )
 
 
 class PilotsQuery(PageQuery, kw_only=True, forbid_unknown_fields=True):
@@ -124,3 +124,67 @@ class RetryOptions(Struct, kw_only=True, forbid_unknown_fields=True):
 
     extra_attempts: ExtraAttempts = 1
     task: TaskName | UnsetType = UNSET
+
+
+# ---------------------------------------------------------------- loops
+
+LoopName = Annotated[
+    str,
+    Meta(
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+        description="the loop's name: 1-100 letters, digits, '.', '_' or '-'",
+        extra={"expected": "1-100 letters, digits, '.', '_' or '-', starting with a letter or digit"},
+    ),
+]
+TrialNumber = Annotated[int, Meta(ge=0, le=INT_MAX, description="the trial's number in its loop")]
+FiniteValue = Annotated[float, Meta(description="the objective's value (a finite number)")]
+
+
+class LoopsQuery(PageQuery, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class TrialsQuery(PageQuery, kw_only=True, forbid_unknown_fields=True):
+    state: doc(Literal["running", "complete", "failed"], "trial state") | UnsetType = UNSET
+    order: doc(Literal["number", "value"], "by number, or best value first") = "number"
+
+
+class OpenLoop(Struct, kw_only=True, forbid_unknown_fields=True):
+    """A loop to create, or to resume when one of the same name has the same settings."""
+
+    name: LoopName
+    kind: doc(Literal["hpo", "active_learning"], "what the loop searches")
+    config: doc(dict[str, Any], "the settings a resumed loop must repeat (space, sampler, ...)")
+    budget: doc(Annotated[int, Meta(ge=1, le=INT_MAX)], "trials (hpo) or evaluations (active learning)")
+    direction: doc(Literal["minimize", "maximize", ""], "hpo: the objective's direction") = ""
+    workflow: doc(Annotated[str, Meta(max_length=255)], "the workflow its jobs are recorded under") = ""
+    owner: doc(Annotated[str, Meta(max_length=128)], "who runs it (free text)") = ""
+
+
+class TrialRecord(Struct, kw_only=True, forbid_unknown_fields=True):
+    """A trial asked (with its params) or told (its state and value)."""
+
+    number: TrialNumber
+    params: doc(dict[str, Any], "the point evaluated (required the first time)") | UnsetType = UNSET
+    iteration: (
+        doc(Annotated[int, Meta(ge=0, le=INT_MAX)], "its batch: the task its job is in") | UnsetType
+    ) = UNSET
+    state: doc(Literal["running", "complete", "failed"], "trial state") | UnsetType = UNSET
+    value: FiniteValue | None | UnsetType = UNSET
+    error: doc(Annotated[str, Meta(max_length=20000)], "why it failed") | UnsetType = UNSET
+    attempts: doc(Annotated[int, Meta(ge=1, le=1000)], "evaluations so far") | UnsetType = UNSET
+    job_uid: doc(Annotated[str, Meta(max_length=96)], "the job of its latest evaluation") | UnsetType = UNSET
+
+
+class RecordTrials(Struct, kw_only=True, forbid_unknown_fields=True):
+    """Trials to record (all or none)."""
+
+    trials: Annotated[list[TrialRecord], Meta(min_length=1, max_length=10000)]
+
+
+class EndLoop(Struct, kw_only=True, forbid_unknown_fields=True):
+    """How a loop ended."""
+
+    status: doc(Literal["finished", "failed", "stopped"], "how it ended")
+    message: doc(Annotated[str, Meta(max_length=20000)], "why") = ""
+    summary: doc(dict[str, Any], "the driver's summary (best point, accuracy, ...)") | UnsetType = UNSET

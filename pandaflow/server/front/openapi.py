@@ -40,6 +40,8 @@ class Route(NamedTuple):
     body_required: bool = True
     not_found: bool = False
     description: str = ""
+    conflict: bool = False  # may answer 409 (the request contradicts what is recorded)
+    also: tuple[str, ...] = ()  # other success statuses with the same answer
 
 
 _SUBMIT = (
@@ -130,12 +132,28 @@ ROUTES = (
           r.ErrorSummary, query=a.ErrorsQuery),
     Route("/errorcodes", "get", "listErrorCodes", "server", "Every error code with its meaning",
           r.ErrorCodes),
+    Route("/loops", "get", "listLoops", "loops", "List loops (searches driven from scripts), newest first",
+          r.LoopPage, query=a.LoopsQuery),
+    Route("/loops", "post", "openLoop", "loops", "Create a loop, or resume the one of that name",
+          r.Loop, "201", body=a.OpenLoop, conflict=True, also=("200",),
+          description="201 when created; 200 when a loop of that name with the same settings exists (it "
+          "is resumed: running again). A loop of that name with other settings is a 409."),
+    Route("/loops/{name}", "get", "getLoop", "loops", "One loop: progress, counts and best trial", r.Loop),
+    Route("/loops/{name}/trials", "get", "listTrials", "loops", "A loop's trials", r.TrialPage,
+          query=a.TrialsQuery),
+    Route("/loops/{name}/trials", "post", "recordTrials", "loops",
+          "Record trials asked (with their params) or told (state, value): all or none", r.TrialsRecorded,
+          body=a.RecordTrials, conflict=True,
+          description="A trial number recorded earlier with other params is a 409."),
+    Route("/loops/{name}/end", "post", "endLoop", "loops", "Record how a loop ended", r.Loop,
+          body=a.EndLoop),
 )  # fmt: skip
 
 _ERRORS = {
     "BadRequest": "the request was refused; the message says why and what to do",
     "Unauthorized": "missing or wrong bearer token",
     "NotFound": "no such object",
+    "Conflict": "the request contradicts what is recorded; nothing was changed",
     "InternalError": "a bug of the server (logged there)",
 }
 
@@ -155,13 +173,20 @@ def _hoist(schema: Any) -> None:
             _hoist(value)
 
 
+_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"  # loop names (apischema.LoopName)
+
+
 def _parameters(route: Route) -> list[dict[str, Any]]:
     params = [
         {
             "name": name,
             "in": "path",
             "required": True,
-            "schema": {"type": "integer", "minimum": 0, "maximum": spec.INT_MAX},
+            "schema": (
+                {"type": "integer", "minimum": 0, "maximum": spec.INT_MAX}
+                if name.endswith("_id")
+                else {"type": "string", "pattern": _NAME_PATTERN}
+            ),
             "description": name.replace("_", " "),
         }
         for name in re.findall(r"{(\w+)}", route.path)
@@ -195,8 +220,11 @@ def _operation(route: Route) -> dict[str, Any]:
     errors = {"400": "BadRequest", "401": "Unauthorized", "500": "InternalError"}
     if route.not_found or "{" in route.path:
         errors["404"] = "NotFound"
+    if route.conflict:
+        errors["409"] = "Conflict"
     out["responses"] = {
         route.status: answer,
+        **dict.fromkeys(route.also, answer),
         **{code: {"$ref": f"#/components/responses/{errors[code]}"} for code in sorted(errors)},
     }
     return out

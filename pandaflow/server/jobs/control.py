@@ -90,10 +90,11 @@ def _select(
 
 def cancel(
     conn: Connection, now: float, job_ids: list[int] | None = None, workflow_id: int | None = None,
-    task: str | None = None,
+    task: str | None = None, why: str = "cancelled by user",
 ) -> Changed:  # fmt: skip
     """Cancel every job named that has not ended; running ones are killed on their pilots, and
-    what they would have produced is missing (their consumers are pruned)."""
+    what they would have produced is missing (their consumers are pruned). ``why`` is the
+    jobs' diagnosis and the reason in their history."""
     out = Changed()
     todo = []
     for job in _select(conn, job_ids, workflow_id, task):
@@ -103,13 +104,12 @@ def cancel(
             todo.append(job)
     code = int(ErrorCode.KILLED_ON_REQUEST)
     applied = states.apply(
-        conn, "cancel", todo, now, error_code=code, error_diag="cancelled by user",
-        reason="cancelled by user", effects=out.effects,
+        conn, "cancel", todo, now, error_code=code, error_diag=why, reason=why, effects=out.effects,
     )  # fmt: skip
     out.job_ids.extend(applied.ids)
     ended = [
         {"job_id": job["id"], "attempt": job["attempt"], "pilot_id": job["pilot_id"], "queue": job["queue"],
-         "status": CANCELLED, "error_code": code, "error_diag": "cancelled by user while on a pilot",
+         "status": CANCELLED, "error_code": code, "error_diag": f"{why} while on a pilot",
          "dispatched_at": job["dispatched_at"], "started_at": job["started_at"], "ended_at": now,
          "memory_mb": job["memory_mb"]}
         for job in applied.moved

@@ -277,3 +277,61 @@ job_inputs = Table(
     Column("job_id", Integer, ForeignKey("jobs.id"), primary_key=True),
     Column("product_id", Integer, ForeignKey("products.id"), primary_key=True, index=True),
 )
+
+# ---------------------------------------------------------------- executors and loops (migration 0008)
+
+# The executors (parsl clients) the dispatcher has heard, so that the jobs of one that died are not
+# run for nobody: after ``grace_s`` without a ping its unfinished jobs are cancelled (see
+# pandaflow.server.dispatch.clients). A named run (PandaExecutor(run_name=...)) keeps its client id
+# from one run to the next, so a rerun re-attaches to its jobs.
+clients = Table(
+    "clients",
+    metadata,
+    Column("client", String(64), primary_key=True),
+    Column("run_name", String(128), nullable=True),
+    Column("grace_s", Float, nullable=False, default=0.0),  # 0: never orphaned
+    Column("first_seen", Float, nullable=False),
+    Column("last_seen", Float, nullable=False),
+    Column("orphaned_at", Float, nullable=True),  # when its jobs were cancelled for want of it
+    Index("ix_clients_orphans", "orphaned_at", "last_seen"),
+)
+
+# A loop (pandaflow.loops): a hyperparameter search or an active-learning search, driven from a
+# script. The driver keeps the mathematics (Optuna, scikit-learn) in memory; the server keeps the
+# durable record, from which a restarted driver resumes.
+loops = Table(
+    "loops",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("name", String(128), nullable=False, unique=True),
+    Column("kind", String(16), nullable=False),  # hpo | active_learning
+    Column("owner", String(128), nullable=False, default=""),
+    Column("workflow", String(255), nullable=False),  # the workflow name its evaluations are jobs of
+    Column("config", Text, nullable=False),  # JSON: what must match for a resume (space, budget, ...)
+    Column("direction", String(16), nullable=False, default="minimize"),  # hpo; "" for active learning
+    Column("budget", Integer, nullable=False),  # trials (hpo) or evaluations (active learning)
+    Column("status", String(16), nullable=False),  # running | finished | failed | stopped
+    Column("message", Text, nullable=False, default=""),  # why it ended (or the last resume)
+    Column("summary", Text, nullable=True),  # JSON the driver reports (accuracy, model facts, ...)
+    Column("created_at", Float, nullable=False),
+    Column("updated_at", Float, nullable=False),
+    Column("ended_at", Float, nullable=True),
+)
+
+trials = Table(
+    "trials",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("loop_id", Integer, ForeignKey("loops.id"), nullable=False),
+    Column("number", Integer, nullable=False),  # 0, 1, ... in the order the driver asked them
+    Column("iteration", Integer, nullable=False, default=0),  # its batch (the task it is a job of)
+    Column("params", Text, nullable=False),  # JSON {name: value}
+    Column("state", String(16), nullable=False),  # running | complete | failed
+    Column("value", Float, nullable=True),
+    Column("error", Text, nullable=False, default=""),
+    Column("attempts", Integer, nullable=False, default=1),  # evaluations (the loop's own retries)
+    Column("job_uid", String(96), nullable=True),  # the job of the latest evaluation
+    Column("created_at", Float, nullable=False),
+    Column("ended_at", Float, nullable=True),
+    UniqueConstraint("loop_id", "number"),
+)

@@ -58,6 +58,7 @@ from pandaflow.server.front.queries.jobs import (
     parse_statuses,
     sample_list,
 )
+from pandaflow.server.front.queries.loops import get_loop, list_loops, list_trials, loop_dict, trial_dict
 from pandaflow.server.front.queries.workflows import (
     BPS_COLUMNS,
     BPS_RUN_STATES,
@@ -72,6 +73,11 @@ from pandaflow.server.front.queries.workflows import (
 )
 
 __all__ = [
+    "get_loop",
+    "list_loops",
+    "list_trials",
+    "loop_dict",
+    "trial_dict",
     "iso",
     "seconds_between",
     "error_info",
