@@ -11,7 +11,7 @@ report), :mod:`.run` (run: a DAG file on a server and a pilot of its own) and :m
 :mod:`.output` prints it (tables or ``--json``).
 """
 
-from pandaflow.cli import control, dags, harvest, reads, run, services  # noqa: F401  (they add the commands)
+from pandaflow.cli import control, dags, harvest, loops, reads, run, services  # noqa: F401  (they add the commands)
 from pandaflow.cli.root import main
 
 __all__ = ["main"]
