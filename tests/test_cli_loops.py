@@ -32,13 +32,23 @@ def _fill(engine, name: str = "gan") -> None:
         loops.open_loop(
             conn, now, name=name, kind="hpo", config={"space": {}}, budget=4, direction="minimize"
         )
-        loops.record_trials(conn, now, name, [
-            {"number": 0, "params": {"lr": 0.01, "layers": 3}, "state": "complete", "value": 0.42},
-            {"number": 1, "params": {"lr": 0.1, "layers": 2}, "state": "complete", "value": 0.17},
-            {"number": 2, "params": {"lr": 0.5, "layers": 1}, "state": "failed", "error": "diverged\nat step 3",
-             "attempts": 3},
-            {"number": 3, "params": {"lr": 0.05, "layers": 4}},
-        ])  # fmt: skip
+        loops.record_trials(
+            conn,
+            now,
+            name,
+            [
+                {"number": 0, "params": {"lr": 0.01, "layers": 3}, "state": "complete", "value": 0.42},
+                {"number": 1, "params": {"lr": 0.1, "layers": 2}, "state": "complete", "value": 0.17},
+                {
+                    "number": 2,
+                    "params": {"lr": 0.5, "layers": 1},
+                    "state": "failed",
+                    "error": "diverged\nat step 3",
+                    "attempts": 3,
+                },
+                {"number": 3, "params": {"lr": 0.05, "layers": 4}},
+            ],
+        )
 
 
 def test_loops_and_loop_read_a_database(engine, db_url):

@@ -136,8 +136,13 @@ def active_learning(
         name: the loop's name; the same name resumes it (default: derived from the settings).
         seed: seeds the initial design and the candidates.
         initial: points of the initial design (default ``max(batch_size, 4 * dims + 2)``).
-        on_failure, max_retries, executor, resource_specification, workdir, timeout, verbose: as
-            for :func:`pandaflow.loops.optimize`.
+        on_failure: ``"retry"``, ``"skip"`` or ``"stop"``, as for :func:`pandaflow.loops.optimize`.
+        max_retries: evaluations more of a failed point under ``"retry"``.
+        executor: the parsl executor's label, as for :func:`pandaflow.loops.optimize`.
+        resource_specification: what every evaluation asks for.
+        workdir: where command templates run.
+        timeout: seconds a command may run.
+        verbose: print a line per evaluation.
 
     Returns:
         the evaluated points and values, the fitted :class:`~pandaflow.loops.surface.SurfaceModel`

@@ -22,7 +22,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import queue
 import sys
+import threading
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, wait
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -156,6 +159,90 @@ class _ServerRecord:
         self.client.end_loop(self.name, status, message[:20000], summary)
 
 
+class _Pipeline:
+    """Records and submissions in order, off the driver's thread: each batch of records is sent
+    (one request), then the jobs of the trials it asked for are submitted, so a trial is durable
+    before its job exists while the driver goes on asking. A failed request stops the loop: it is
+    raised in the driver's thread at its next step, and the trials it held never get a job."""
+
+    def __init__(self, record: Any, submit: Callable[[Trial], Future]):
+        self._record, self._submit = record, submit
+        self._queue: queue.SimpleQueue[tuple[list[dict[str, Any]], list[tuple[Trial, Future]]] | None] = (
+            queue.SimpleQueue()
+        )
+        self._idle = threading.Event()
+        self._idle.set()
+        self._busy = 0
+        self._lock = threading.Lock()
+        self.error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name="pandaflow-loop-record", daemon=True)
+        self._thread.start()
+
+    def send(self, records: list[dict[str, Any]], trials: list[Trial]) -> list[Future]:
+        """Queue ``records``, then the submission of ``trials``; their futures, at once."""
+        self.check()
+        slots = [(t, Future()) for t in trials]
+        if records or slots:
+            with self._lock:
+                self._busy += 1
+                self._idle.clear()
+            self._queue.put((list(records), slots))
+        return [f for _, f in slots]
+
+    def check(self) -> None:
+        if self.error is not None:
+            raise self.error
+
+    def flush(self) -> None:
+        """Wait until everything queued is sent (and raise what failed)."""
+        self._idle.wait()
+        self.check()
+
+    def close(self) -> None:
+        self._queue.put(None)
+        self._thread.join(30)
+
+    def _run(self) -> None:
+        while (item := self._queue.get()) is not None:
+            batch = [item]
+            while not self._queue.empty():  # one request for all that is waiting
+                more = self._queue.get()
+                if more is None:
+                    self._queue.put(None)
+                    break
+                batch.append(more)
+            records = [r for b, _ in batch for r in b]
+            slots = [s for _, ss in batch for s in ss]
+            try:
+                if self.error is None:
+                    self._record.record(records)
+                    for trial, slot in slots:
+                        _chain(self._submit(trial), slot)
+                else:
+                    raise self.error
+            except BaseException as exc:  # noqa: BLE001 - handed to the driver's thread
+                self.error = self.error or exc
+                for _, slot in slots:
+                    if not slot.done():
+                        slot.set_exception(exc)
+            finally:
+                with self._lock:
+                    self._busy -= len(batch)
+                    if not self._busy:
+                        self._idle.set()
+
+
+def _chain(source: Future, target: Future) -> None:
+    def copy(done: Future) -> None:
+        error = done.exception()
+        if error is not None:
+            target.set_exception(error)
+        else:
+            target.set_result(done.result())
+
+    source.add_done_callback(copy)
+
+
 # ---------------------------------------------------------------- the executor
 
 
@@ -189,6 +276,9 @@ def _place(name: str, executor: str | None) -> _Place:
                 strategy="none",
             )
         )
+        # parsl logs every task at DEBUG into parsl.log, some 3 ms per evaluation in the driver:
+        # the loop's own config keeps warnings only (progress and outcomes are in the record).
+        logging.getLogger("parsl").setLevel(logging.WARNING)
     choices = {label: ex for label, ex in dfk.executors.items() if label != "_parsl_internal"}
     if executor is not None:
         if executor not in choices:
@@ -291,38 +381,48 @@ class Driver:
         if recorded:
             ended = sum(t.state != "running" for t in self.trials.values())
             self._say(f"resuming: {ended} trial(s) ended, {len(resubmit)} in flight, budget {self.budget}")
-        for trial in resubmit:
-            inflight[self._submit(trial)] = trial
         self._math, self._record, self._inflight = math, record, inflight
         self._stopped: LoopStopped | None = None
         self._failures_in_a_row = 0
         self._pending: list[dict[str, Any]] = []
+        self._pipe = _Pipeline(record, self._submit)
         try:
+            for trial in resubmit:  # recorded already, with their keys: the server re-attaches
+                inflight[self._submit(trial)] = trial
             while True:
                 new = self._ask_more()
-                record.record(self._pending)  # before the new jobs exist: a crash cannot lose them
-                self._pending = []
-                for trial in new:
-                    inflight[self._submit(trial)] = trial
+                self._send(new)
                 if not inflight:
                     break
                 done, _ = wait(list(inflight), return_when=FIRST_COMPLETED)
+                self._pipe.check()
                 for fut in done:
                     self._ended(inflight.pop(fut), fut)
                 if self._stopped is not None:
                     break  # what is in flight stays recorded as running: a rerun picks it up
+            self._send([])
+            self._pipe.flush()
         except BaseException:
             try:
-                record.record(self._pending)
+                if self._pipe.error is None:
+                    self._send([])
+                    self._pipe.flush()
             except Exception:  # noqa: BLE001 - the first error is the one to see
                 log.exception("could not record the last outcomes of loop %s", self.name)
             raise
-        record.record(self._pending)
+        finally:
+            self._pipe.close()
         if self._stopped is not None:
             record.end("stopped", str(self._stopped), math.summary())
             raise self._stopped
         record.end("finished", "", math.summary())
         return [self.trials[n] for n in sorted(self.trials)]
+
+    def _send(self, trials: list[Trial]) -> None:
+        """Record what is pending, then submit ``trials`` (in the background, in that order)."""
+        for trial, fut in zip(trials, self._pipe.send(self._pending, trials), strict=True):
+            self._inflight[fut] = trial
+        self._pending = []
 
     def _ask_more(self) -> list[Trial]:
         """New trials to fill ``parallelism`` within the budget, recorded in ``_pending``."""
@@ -384,9 +484,7 @@ class Driver:
             self._say(
                 f"trial {trial.number} failed, retrying ({trial.attempts}/{self.max_retries + 1}): {first}"
             )
-            self._record.record(self._pending)  # the new attempt's key, before its job exists
-            self._pending = []
-            self._inflight[self._submit(trial)] = trial
+            self._send([trial])  # the new attempt's key is recorded before its job exists
             return
         trial.state, trial.value = "failed", None
         self._math.tell(trial)
