@@ -335,7 +335,13 @@ class Driver:
         ex = place.executor
         if place.panda:
             record: Any = _ServerRecord(ex.server_url, ex.token, self.name)
-            if not ex.run_name:
+            if not ex.run_name and ex.server_url and getattr(ex, "_embedded", False):
+                self._say(
+                    f"executor {place.label!r} has no run_name: its embedded server keeps this run's "
+                    "database in the run directory, so a restarted driver starts the loop afresh; give "
+                    "PandaExecutor(run_name=...) to resume it"
+                )
+            elif not ex.run_name:
                 self._say(
                     f"executor {place.label!r} has no run_name: a restarted driver will run the trials "
                     "that were in flight again (ended ones are still read back)"

@@ -63,7 +63,7 @@ def test_the_model_classifies_any_point(panda):
     p = model.probability_above([[0.35, -0.2]])
     assert p.shape == (1,) and p[0] > 0.9
     mean, std = model.predict([[0.35, -0.2]])
-    assert mean[0] == pytest.approx(1.0, abs=0.2) and std[0] >= 0
+    assert mean[0] > THRESHOLD and std[0] >= 0
 
 
 @pytest.mark.parametrize(

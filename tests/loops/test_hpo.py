@@ -207,3 +207,22 @@ def test_a_loop_runs_on_another_parsl_executor_without_a_record(load_parsl, caps
     out = capsys.readouterr().out
     assert "is not a PandaExecutor: this loop is not recorded (no resume)" in out
     assert "[threads] trial 0:" in out
+
+
+def test_the_gp_sampler_says_what_it_needs_when_pytorch_is_missing(panda):
+    try:
+        import torch  # noqa: F401
+    except ImportError:
+        with pytest.raises(LoopInputError, match="GPSampler, which needs PyTorch: pip install torch"):
+            optimize(shifted_sphere, {"x0": (0, 1)}, 2, sampler="gp", name="gp", verbose=False)
+        assert _jobs(panda) == 0
+    else:
+        result = optimize(
+            shifted_sphere, {"x0": (0, 1)}, 4, parallelism=2, sampler="gp", name="gp", verbose=False
+        )
+        assert len(result.complete) == 4
+
+
+def test_an_embedded_executor_without_a_run_name_says_the_loop_cannot_resume(panda, capsys):
+    optimize(shifted_sphere, {"x0": (0, 1)}, 2, parallelism=2, name="unnamed")
+    assert "has no run_name: its embedded server keeps this run's database" in capsys.readouterr().out
