@@ -19,7 +19,7 @@ from pandaflow import config as pf_config
 from pandaflow import tables
 from pandaflow.cli.output import emit, listing, with_json
 from pandaflow.cli.root import main, settings
-from pandaflow.cli.sources import open_database, read
+from pandaflow.cli.sources import read, read_database
 
 
 def _run_databases() -> list[Path]:
@@ -27,16 +27,7 @@ def _run_databases() -> list[Path]:
 
 
 def _local(query: str, db: Path, **kwargs: Any) -> Any:
-    from pandaflow.server.front import queries
-
-    engine = open_database(str(db))
-    try:
-        with engine.connect() as conn:
-            return getattr(queries, query)(conn, **kwargs)
-    except (queries.NotFound, ValueError) as exc:
-        raise click.ClickException(str(exc)) from None
-    finally:
-        engine.dispose()
+    return read_database(str(db), query, **kwargs)
 
 
 def _elsewhere() -> bool:

@@ -82,6 +82,11 @@ def read(query: str, /, **kwargs: Any) -> Any:
     db_url = settings().db_url
     if not db_url:
         return remote(lambda client: getattr(client, query)(**kwargs))
+    return read_database(db_url, query, **kwargs)
+
+
+def read_database(db_url: str, query: str, /, **kwargs: Any) -> Any:
+    """``queries.<query>`` on the database ``db_url``; a refusal is a usage error."""
     from pandaflow.server.front import queries
 
     engine = open_database(db_url)

@@ -54,7 +54,7 @@ class _Surface:
         self.done = 0
 
     def _fit(self) -> bool:
-        if len(self.points) < 2 or len(set(self.values)) < 1:
+        if len(self.points) < 2:
             return False
         if self.fitted_on != len(self.points):
             self.model.fit(self.points, self.values)
@@ -160,13 +160,12 @@ def active_learning(
         raise LoopInputError(f"initial={initial!r}: give a whole number >= 2")
     n_initial = min(n_initial, budget)
     config = {
-        "bounds": dict(zip(names, zip(lows, highs, strict=True), strict=True)),
+        "bounds": {n: [lo, hi] for n, lo, hi in zip(names, lows, highs, strict=True)},
         "threshold": float(threshold),
         "seed": seed,
         "initial": n_initial,
         "evaluate": evaluate if isinstance(evaluate, str) else getattr(evaluate, "__name__", "?"),
     }
-    config["bounds"] = {k: list(v) for k, v in config["bounds"].items()}
     name = check_name(name) if name is not None else default_name("active", evaluate, config)
     math = _Surface(names, lows, highs, float(threshold), n_initial, seed, budget)
     driver = Driver(

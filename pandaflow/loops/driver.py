@@ -105,19 +105,13 @@ def check_options(budget: int, parallelism: int, on_failure: str, max_retries: i
 
 
 class _MemoryRecord:
-    """The record of a loop run on an executor without a server: in this process only."""
-
-    durable = False
-
-    def __init__(self) -> None:
-        self.trials: dict[int, dict[str, Any]] = {}
+    """No record: a loop on an executor without a server keeps its trials in the driver only."""
 
     def open(self, **loop: Any) -> list[dict[str, Any]]:
         return []
 
     def record(self, trials: list[dict[str, Any]]) -> None:
-        for t in trials:
-            self.trials.setdefault(t["number"], {}).update(t)
+        pass
 
     def end(self, status: str, message: str, summary: dict[str, Any]) -> None:
         pass
@@ -125,8 +119,6 @@ class _MemoryRecord:
 
 class _ServerRecord:
     """The record of a loop on the job server of a :class:`~pandaflow.executors.PandaExecutor`."""
-
-    durable = True
 
     def __init__(self, url: str, token: str, name: str):
         from pandaflow.client import Client

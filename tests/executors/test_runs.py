@@ -4,14 +4,12 @@ again (:mod:`rerun_driver`), against the embedded server or a server of its own.
 from __future__ import annotations
 
 import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from support.drivers import ScriptRun
 from support.processes import PilotProcess, ServerProcess, pythonpath
 from support.waiting import wait_until
 
@@ -23,30 +21,14 @@ HERE = Path(__file__).parent
 DRIVER = HERE / "rerun_driver.py"
 
 
-class Driver:
-    """One run of the driver script, its output read line by line."""
+class Driver(ScriptRun):
+    """One run of :mod:`rerun_driver` (its first argument, the output directory, is ``out``)."""
 
     def __init__(self, out: Path, env: dict[str, str], *args: str):
-        self.log = out / f"driver-{time.monotonic_ns()}.log"
-        self._f = open(self.log, "wb")
-        self.proc = subprocess.Popen([sys.executable, str(DRIVER), str(out), *args], env=env, stdout=self._f,
-                                     stderr=subprocess.STDOUT, start_new_session=True)  # fmt: skip
-
-    def lines(self) -> list[str]:
-        return self.log.read_text().splitlines()
+        super().__init__(DRIVER, out, env, str(out), *args)
 
     def results(self) -> list[int]:
         return [int(line.split()[1]) for line in self.lines() if line.startswith("result ")]
-
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self._f.close()
 
 
 @pytest.fixture

@@ -5,14 +5,11 @@ from __future__ import annotations
 
 import json
 import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from support.drivers import ScriptRun
 from support.processes import PilotProcess, ServerProcess, pythonpath
 from support.waiting import wait_until
 
@@ -23,31 +20,14 @@ HERE = Path(__file__).parent
 N, PARALLELISM = 20, 4
 
 
-class Driver:
+class Driver(ScriptRun):
+    """One run of :mod:`loop_driver`."""
+
     def __init__(self, out: Path, env: dict[str, str], *args: str):
-        self.log = out / f"driver-{time.monotonic_ns()}.log"
-        self._f = open(self.log, "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, str(HERE / "loop_driver.py"), *args],
-            env=env,
-            stdout=self._f,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            cwd=out,
-        )
+        super().__init__(HERE / "loop_driver.py", out, env, *args)
 
     def told(self, name: str) -> int:
-        return sum(line.startswith(f"[{name}] trial ") for line in self.log.read_text().splitlines())
-
-    def kill9(self) -> None:
-        self.proc.send_signal(signal.SIGKILL)
-        self.proc.wait(30)
-
-    def wait(self, timeout: float) -> int:
-        try:
-            return self.proc.wait(timeout)
-        finally:
-            self._f.close()
+        return sum(line.startswith(f"[{name}] trial ") for line in self.lines())
 
 
 @pytest.fixture
